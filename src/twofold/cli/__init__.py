@@ -1,0 +1,57 @@
+"""The ``twofold`` command. Errors become one-line messages and exit codes; ``--debug`` shows tracebacks."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from twofold import __version__
+from twofold.cli.bench import bench
+from twofold.cli.datasets import decrypt, encrypt, inspect_cmd, verify
+from twofold.cli.demo import demo
+from twofold.cli.keys import keys
+from twofold.errors import TwofoldError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="twofold")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def cli(debug: bool) -> None:
+    """twofold: train and serve models on infrastructure you do not trust."""
+
+
+for command in (keys, encrypt, inspect_cmd, verify, decrypt, bench, demo):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``twofold`` and ``python -m twofold``; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="twofold", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("twofold: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("twofold: interrupted", err=True)
+        return 130
+    except TwofoldError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"twofold: error: {exc}", err=True)
+        return exc.exit_code
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        # The message of an unexpected error may quote data; show only its type unless debugging.
+        click.echo(f"twofold: internal error ({type(exc).__name__}); rerun with --debug for details", err=True)
+        return 70
+    return 0

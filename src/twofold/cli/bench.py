@@ -1,0 +1,34 @@
+"""``twofold bench``: benchmarks that measure twofold beside its baseline and write JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from twofold.bench.common import write_json
+from twofold.cli.common import info
+
+json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+                           default=None, help="Write results to this JSON file.")
+
+
+@click.group()
+def bench() -> None:
+    """Run benchmarks (baseline and twofold side by side)."""
+
+
+@bench.command("encrypt")
+@click.option("--rows", type=click.IntRange(min=1), default=1_000_000, show_default=True)
+@click.option("--cols", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--rows-per-file", type=click.IntRange(min=1), default=None)
+@json_option
+def bench_encrypt(rows: int, cols: int, rows_per_file: int | None, json_path: Path | None) -> None:
+    """Plain Parquet vs encrypted dataset: write and read throughput."""
+    from twofold.bench import encrypt
+
+    result = encrypt.run(rows, cols, rows_per_file)
+    for row in result["results"]:
+        info(f"{row['mode']:<10} write {row['write_mb_per_s']:8.1f} MB/s   read {row['read_mb_per_s']:8.1f} MB/s")
+    info(f"encrypted/plain read ratio {result['read_ratio']:.2f} (target >= 0.80)")
+    write_json(json_path, result)

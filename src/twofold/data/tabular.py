@@ -1,0 +1,372 @@
+"""Encrypted tabular datasets: a directory of PME-encrypted Parquet files plus an authenticated manifest.
+
+Layout::
+
+    DIR/manifest.json                              authenticated: ids, schema, label, per-file rows/bytes/SHA-256
+    DIR/part-00000.parquet                         one distributed partition, PME AES_GCM_V1, encrypted footer
+    DIR/_KEY_MATERIAL_FOR_part-00000.parquet.json  wrapped data keys (re-wrapped on master-key rotation)
+
+A dataset is written into a hidden sibling directory and renamed into place only when complete, so an interrupted
+write never leaves a directory that looks like a dataset.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from twofold.crypto import manifest as mf
+from twofold.crypto.pme import ALGORITHM, DATA_KEY_BITS, MASTER_KEY_ID, PmeSession, key_material_name
+from twofold.data.sources import open_table_source
+from twofold.errors import ConfigError, InputError, IntegrityError
+from twofold.fsutil import write_private
+from twofold.keys.wrapping import KeyWrapper, WrappedKey
+
+MANIFEST = "manifest.json"
+DEFAULT_ROWS_PER_FILE = 100_000
+WRITE_CHUNK_ROWS = 131_072
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One partition as the manifest lists it."""
+
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    dataset_id: str
+    files: int
+    rows: int
+    bytes: int
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def schema_to_b64(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def schema_from_b64(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+class EncryptedDataset:
+    """An opened, manifest-authenticated encrypted dataset; partitions are authenticated as they are read."""
+
+    def __init__(self, path: Path, body: dict[str, Any], doc: dict[str, Any], pme: PmeSession,
+                 wrapper: KeyWrapper) -> None:
+        self.path = path
+        self._body = body
+        self._doc = doc
+        self._pme = pme
+        self._wrapper = wrapper
+        self.files = [FileEntry(f["name"], int(f["rows"]), int(f["bytes"]), f["sha256"]) for f in body["files"]]
+
+    # -- public metadata ------------------------------------------------------------------------------------
+
+    @property
+    def dataset_id(self) -> str:
+        return self._body["dataset_id"]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return schema_from_b64(self._body["schema"]["arrow"])
+
+    @property
+    def label(self) -> str | None:
+        return self._body["label"]
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._body["num_rows"])
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The authenticated manifest body (public metadata)."""
+        return dict(self._body)
+
+    # -- writing --------------------------------------------------------------------------------------------
+
+    @classmethod
+    def write(cls, source: Path | str | pa.Table | pa.RecordBatchReader, out: Path | str,
+              wrapper: KeyWrapper, *, label: str | None = None, rows_per_file: int = DEFAULT_ROWS_PER_FILE,
+              progress: Progress | None = None, metadata: dict[str, Any] | None = None) -> EncryptedDataset:
+        """Encrypt a CSV/Parquet file, table or batch stream into a new dataset directory ``out``."""
+        out = Path(out)
+        if rows_per_file < 1:
+            raise ConfigError("rows per file must be at least 1")
+        if out.exists():
+            raise ConfigError(f"output {out} already exists; choose a new directory")
+        if not out.parent.is_dir():
+            raise ConfigError(f"parent directory {out.parent} does not exist")
+        reader = _as_reader(source)
+        if label is not None and label not in reader.schema.names:
+            raise InputError(f"label column {label!r} is not in the input (columns: {len(reader.schema)})")
+        staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+        staging.mkdir(mode=0o700)
+        try:
+            body = _write_parts(reader, staging, wrapper, label, rows_per_file, progress, metadata or {})
+            os.replace(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return cls(out, body, mf.parse_public((out / MANIFEST).read_bytes()), PmeSession(wrapper), wrapper)
+
+    # -- opening --------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str, wrapper: KeyWrapper) -> EncryptedDataset:
+        """Open a dataset: authenticate the manifest and check that the directory holds exactly its files."""
+        path = Path(path)
+        doc = read_manifest(path)
+        wrapped = doc["keys"].get("mac_key", "")
+        dataset_id = str(doc["manifest"].get("dataset_id", ""))
+        mac_key = wrapper.unwrap(wrapped, mf.mac_context(dataset_id))
+        body = mf.authenticate(doc, mac_key)
+        dataset = cls(path, body, doc, PmeSession(wrapper), wrapper)
+        dataset._check_listing()
+        return dataset
+
+    def _check_listing(self) -> None:
+        expected = {MANIFEST}
+        for entry in self.files:
+            expected |= {entry.name, key_material_name(entry.name)}
+        present = {p.name for p in self.path.iterdir()}
+        if present != expected:
+            raise IntegrityError()
+        for entry in self.files:
+            if (self.path / entry.name).stat().st_size != entry.bytes:
+                raise IntegrityError()
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def file_bytes(self, index: int) -> tuple[bytes, bytes]:
+        """A partition's ciphertext and key material, after checking the ciphertext against the manifest."""
+        entry = self.files[index]
+        try:
+            data = (self.path / entry.name).read_bytes()
+            key_material = (self.path / key_material_name(entry.name)).read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError() from None
+        if sha256(data).hexdigest() != entry.sha256:
+            raise IntegrityError()
+        return data, key_material
+
+    def read_file(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        """Decrypt one partition (authenticated, row count checked)."""
+        data, key_material = self.file_bytes(index)
+        table = self._pme.read_file(data, self.files[index].name, key_material, columns)
+        if table.num_rows != self.files[index].rows:
+            raise IntegrityError()
+        return table
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        """Decrypt the whole dataset into one table."""
+        tables = [self.read_file(i, columns) for i in range(len(self.files))]
+        if not tables:
+            return self.schema.empty_table() if columns is None else self.schema.empty_table().select(columns)
+        return pa.concat_tables(tables)
+
+    def iter_batches(self, batch_size: int = 65_536, columns: list[str] | None = None
+                     ) -> Iterator[pa.RecordBatch]:
+        """Stream decrypted batches, partition by partition, in manifest order."""
+        for index, entry in enumerate(self.files):
+            data, key_material = self.file_bytes(index)
+            rows = 0
+            for batch in self._pme.iter_file(data, entry.name, key_material, batch_size, columns):
+                rows += batch.num_rows
+                yield batch
+            if rows != entry.rows:
+                raise IntegrityError()
+
+    def verify(self, progress: Progress | None = None) -> VerifyReport:
+        """Authenticate every file completely (hash, every PME tag, row counts)."""
+        total_bytes = 0
+        for index, entry in enumerate(self.files):
+            self.read_file(index)
+            total_bytes += entry.bytes
+            if progress:
+                progress(entry.bytes)
+        return VerifyReport(self.dataset_id, len(self.files), self.num_rows, total_bytes)
+
+    # -- key rotation ---------------------------------------------------------------------------------------
+
+    def rewrap(self) -> int:
+        """Re-wrap every key of this dataset under the wrapper's active master key; data files are untouched.
+
+        Returns the master-key version now in use.
+        """
+        for entry in self.files:
+            km_path = self.path / key_material_name(entry.name)
+            write_private(km_path, self._pme.rewrap(entry.name, km_path.read_bytes()))
+        mac_key = self._wrapper.unwrap(self._doc["keys"]["mac_key"], mf.mac_context(self.dataset_id))
+        keys = _keys_section(self._wrapper, mac_key, self.dataset_id)
+        write_private(self.path / MANIFEST, mf.render(self._body, keys, self._doc["mac"]))
+        self._doc = mf.parse_public((self.path / MANIFEST).read_bytes())
+        return WrappedKey.decode(keys["mac_key"]).version
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest document of a dataset directory, parsed but not authenticated."""
+    if not path.is_dir():
+        raise InputError(f"{path} is not a dataset directory")
+    try:
+        raw = (path / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path} has no {MANIFEST}: not a twofold dataset, or an incomplete one") from None
+    return mf.parse_public(raw)
+
+
+def inspect(path: Path | str) -> dict[str, Any]:
+    """Public metadata of a dataset, read without any key and NOT authenticated (use verify for that)."""
+    doc = read_manifest(Path(path))
+    body = doc["manifest"]
+    wrapped = WrappedKey.decode(doc["keys"]["mac_key"])
+    return {
+        "dataset_id": body["dataset_id"],
+        "created": body["created"],
+        "kind": body["kind"],
+        "num_rows": body["num_rows"],
+        "num_files": len(body["files"]),
+        "bytes": sum(int(f["bytes"]) for f in body["files"]),
+        "label": body["label"],
+        "columns": body["schema"]["columns"],
+        "encryption": body["encryption"],
+        "keystore_id": wrapped.keystore_id,
+        "master_key_version": wrapped.version,
+        "metadata": body.get("metadata", {}),
+        "authenticated": False,
+    }
+
+
+# -- writing internals ----------------------------------------------------------------------------------------
+
+
+def _as_reader(source: Path | str | pa.Table | pa.RecordBatchReader) -> pa.RecordBatchReader:
+    if isinstance(source, pa.RecordBatchReader):
+        return source
+    if isinstance(source, pa.Table):
+        return pa.RecordBatchReader.from_batches(source.schema, source.to_batches())
+    reader, _ = open_table_source(source)
+    return reader
+
+
+def _keys_section(wrapper: KeyWrapper, mac_key: bytes, dataset_id: str) -> dict[str, Any]:
+    return {"kms_instance_id": wrapper.keystore_id, "mac_key": wrapper.wrap(mac_key, mf.mac_context(dataset_id))}
+
+
+class _PartWriter:
+    """Writes consecutive encrypted partitions of at most ``rows_per_file`` rows."""
+
+    def __init__(self, staging: Path, pme: PmeSession, schema: pa.Schema, rows_per_file: int) -> None:
+        self.staging, self.pme, self.schema, self.rows_per_file = staging, pme, schema, rows_per_file
+        self.entries: list[FileEntry] = []
+        self._writer = None
+        self._key_material: dict[str, bytes] = {}
+        self._rows = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        while batch.num_rows:
+            room = self.rows_per_file - self._rows - self._pending_rows
+            head, batch = batch.slice(0, room), batch.slice(room)
+            self._pending.append(head)
+            self._pending_rows += head.num_rows
+            if self._pending_rows >= WRITE_CHUNK_ROWS or self._rows + self._pending_rows == self.rows_per_file:
+                self._flush()
+            if self._rows == self.rows_per_file:
+                self._close_part()
+
+    def finish(self) -> list[FileEntry]:
+        self._flush()
+        if self._writer is not None:
+            self._close_part()
+        return self.entries
+
+    def _flush(self) -> None:
+        if not self._pending_rows:
+            return
+        if self._writer is None:
+            name = part_name(len(self.entries))
+            sink = open(self.staging / name, "xb")  # noqa: SIM115 - closed in _close_part
+            self._writer, self._key_material = self.pme.writer(sink, name, self.schema)
+            self._sink = sink
+        self._writer.write_table(pa.Table.from_batches(self._pending, self.schema))
+        self._rows += self._pending_rows
+        self._pending, self._pending_rows = [], 0
+
+    def _close_part(self) -> None:
+        name = part_name(len(self.entries))
+        self._writer.close()
+        self._sink.close()
+        path = self.staging / name
+        os.chmod(path, 0o600)
+        write_private(self.staging / key_material_name(name), self._key_material[key_material_name(name)])
+        digest = sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        self.entries.append(FileEntry(name, self._rows, path.stat().st_size, digest.hexdigest()))
+        self._writer, self._rows = None, 0
+
+
+def _write_parts(reader: pa.RecordBatchReader, staging: Path, wrapper: KeyWrapper, label: str | None,
+                 rows_per_file: int, progress: Progress | None, metadata: dict[str, Any]) -> dict[str, Any]:
+    schema = reader.schema
+    parts = _PartWriter(staging, PmeSession(wrapper), schema, rows_per_file)
+    for batch in reader:
+        parts.add(batch)
+        if progress:
+            progress(batch.num_rows)
+    entries = parts.finish()
+    num_rows = sum(e.rows for e in entries)
+    if num_rows == 0:
+        raise InputError("the input has no data rows")
+    dataset_id = "ds-" + secrets.token_hex(8)
+    body = {
+        "format": mf.FORMAT,
+        "format_version": mf.FORMAT_VERSION,
+        "dataset_id": dataset_id,
+        "created": time.time(),
+        "kind": "table",
+        "label": label,
+        "num_rows": num_rows,
+        "schema": {
+            "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
+            "arrow": schema_to_b64(schema),
+        },
+        "encryption": {
+            "scheme": "parquet-modular-encryption",
+            "algorithm": ALGORITHM,
+            "footer": "encrypted",
+            "data_key_bits": DATA_KEY_BITS,
+            "double_wrapping": True,
+            "key_material": "external",
+            "master_key_id": MASTER_KEY_ID,
+        },
+        "files": [e.__dict__ for e in entries],
+        "metadata": metadata,
+    }
+    mac_key = mf.new_mac_key()
+    keys = _keys_section(wrapper, mac_key, dataset_id)
+    write_private(staging / MANIFEST, mf.render(body, keys, mf.compute_mac(mac_key, body)))
+    return body
