@@ -47,7 +47,7 @@ def unlock(keystore_dir: Path) -> Keystore:
 
 
 def info(message: str) -> None:
-    err_console.print(message, highlight=False)
+    err_console.print(message, highlight=False, soft_wrap=True)
 
 
 @contextmanager

@@ -186,18 +186,19 @@ class PmeSession:
         )
         return pq.ParquetWriter(sink, schema, encryption_properties=props), memfs.files
 
-    def open_file(self, data: bytes, file_name: str, key_material: bytes) -> pq.ParquetFile:
-        """Open encrypted Parquet bytes; any authentication failure raises IntegrityError."""
+    def open_file(self, data: bytes | pa.NativeFile, file_name: str, key_material: bytes) -> pq.ParquetFile:
+        """Open encrypted Parquet (bytes or a readable file); any authentication failure raises IntegrityError."""
         memfs = _KeyMaterialFS({key_material_name(file_name): key_material})
         try:
             props = self._factory.file_decryption_properties(
                 self._kms, pe.DecryptionConfiguration(), f"{_DIR}/{file_name}", fs.PyFileSystem(memfs)
             )
-            return pq.ParquetFile(pa.BufferReader(data), decryption_properties=props)
+            source = pa.BufferReader(data) if isinstance(data, bytes | bytearray | memoryview) else data
+            return pq.ParquetFile(source, decryption_properties=props)
         except (OSError, pa.ArrowException, ValueError, TwofoldError) as exc:
             raise self._translate(exc) from None
 
-    def read_file(self, data: bytes, file_name: str, key_material: bytes,
+    def read_file(self, data: bytes | pa.NativeFile, file_name: str, key_material: bytes,
                   columns: list[str] | None = None) -> pa.Table:
         """Decrypt a whole file to a table (every page's tag is checked)."""
         parquet = self.open_file(data, file_name, key_material)
@@ -206,7 +207,7 @@ class PmeSession:
         except (OSError, pa.ArrowException, ValueError, TwofoldError) as exc:
             raise self._translate(exc) from None
 
-    def iter_file(self, data: bytes, file_name: str, key_material: bytes, batch_size: int,
+    def iter_file(self, data: bytes | pa.NativeFile, file_name: str, key_material: bytes, batch_size: int,
                   columns: list[str] | None = None):
         """Decrypt a file batch by batch."""
         parquet = self.open_file(data, file_name, key_material)

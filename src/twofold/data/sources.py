@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -49,26 +50,70 @@ def _parquet_reader(path: Path) -> pa.RecordBatchReader:
 
 
 def _csv_reader(path: Path, delimiter: str) -> pa.RecordBatchReader:
-    try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(strings_can_be_null=False),
-        )
-    except pa.ArrowException as exc:
-        raise csv_error(path, exc) from None
-    schema = reader.schema
-    if len(schema) == 0:
-        raise InputError(f"{path} has no columns")
+    """Parse the CSV block by block (PyArrow's own streaming reader buffers a large part of the file).
+
+    Blocks end at a newline outside quotes; the first block fixes the column types for the rest.
+    """
+    parse = pacsv.ParseOptions(delimiter=delimiter)
+    handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+    header = handle.readline()
+    if not header.strip():
+        handle.close()
+        raise InputError(f"input {path} is empty")
+    first = _parse_block(path, header, _next_block(handle, b""), parse, None, 0)
+    schema = first[0].schema
 
     def batches():
-        try:
-            yield from reader
-        except pa.ArrowException as exc:
-            raise csv_error(path, exc) from None
+        rows_before = first[0].num_rows
+        with handle:
+            yield from first[0].to_batches()
+            leftover = first[1]
+            while True:
+                block = _next_block(handle, leftover)
+                if block[0] == b"":
+                    return
+                table, leftover = _parse_block(path, header, block, parse, schema, rows_before)
+                rows_before += table.num_rows
+                yield from table.to_batches()
 
     return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _next_block(handle, leftover: bytes) -> tuple[bytes, bytes]:
+    """The next run of complete CSV records and the bytes after them (a partial record)."""
+    data = leftover + handle.read(CSV_BLOCK_BYTES)
+    while True:
+        cut = _last_record_end(data)
+        more = handle.read(CSV_BLOCK_BYTES) if cut == 0 and len(data) else b""
+        if cut or not more:
+            if cut == 0:  # end of file: whatever is left is the last record
+                return data, b""
+            return data[:cut], data[cut:]
+        data += more
+
+
+def _last_record_end(data: bytes) -> int:
+    """Offset just past the last newline that is outside double quotes (0 if none)."""
+    if not data:
+        return 0
+    raw = np.frombuffer(data, dtype=np.uint8)
+    in_quotes = np.bitwise_xor.accumulate((raw == 34).astype(np.uint8))
+    newlines = np.flatnonzero((raw == 10) & (in_quotes == 0))
+    return int(newlines[-1]) + 1 if newlines.size else 0
+
+
+def _parse_block(path: Path, header: bytes, block: tuple[bytes, bytes], parse: pacsv.ParseOptions,
+                 schema: pa.Schema | None, rows_before: int) -> tuple[pa.Table, bytes]:
+    body, leftover = block
+    convert = pacsv.ConvertOptions(strings_can_be_null=False,
+                                   column_types=None if schema is None else schema)
+    try:
+        table = pacsv.read_csv(pa.py_buffer(header + body), parse_options=parse, convert_options=convert)
+    except pa.ArrowException as exc:
+        raise csv_error(path, exc, rows_before) from None
+    if len(table.schema) == 0:
+        raise InputError(f"{path} has no columns")
+    return table, leftover
 
 
 _RAGGED = re.compile(r"Expected (\d+) columns, got (\d+)")
@@ -76,13 +121,13 @@ _CONVERT = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion er
 _ROW = re.compile(r"Row #(\d+)")
 
 
-def csv_error(path: Path, exc: BaseException) -> InputError:
+def csv_error(path: Path, exc: BaseException, rows_before: int = 0) -> InputError:
     """Turn a PyArrow CSV error into a one-line InputError that quotes no data from the file."""
     text = str(exc)
     if "Empty CSV file" in text:
         return InputError(f"input {path} is empty")
     row = _ROW.search(text)
-    where = f" at row {row.group(1)}" if row else ""
+    where = f" at data row {rows_before + int(row.group(1))}" if row else ""
     if ragged := _RAGGED.search(text):
         return InputError(f"ragged CSV {path}{where}: a row has {ragged.group(2)} fields but the header "
                           f"has {ragged.group(1)}")

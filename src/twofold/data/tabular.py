@@ -33,6 +33,7 @@ from twofold.fsutil import write_private
 from twofold.keys.wrapping import KeyWrapper, WrappedKey
 
 MANIFEST = "manifest.json"
+TAIL_BYTES = 4096  # covers the encrypted footer's GCM tag and the file's unique AAD
 DEFAULT_ROWS_PER_FILE = 100_000
 WRITE_CHUNK_ROWS = 131_072
 Progress = Callable[[int], None]
@@ -46,6 +47,7 @@ class FileEntry:
     rows: int
     bytes: int
     sha256: str
+    tail_sha256: str
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ class EncryptedDataset:
         self._doc = doc
         self._pme = pme
         self._wrapper = wrapper
-        self.files = [FileEntry(f["name"], int(f["rows"]), int(f["bytes"]), f["sha256"]) for f in body["files"]]
+        self.files = [FileEntry(f["name"], int(f["rows"]), int(f["bytes"]), f["sha256"], f["tail_sha256"])
+                      for f in body["files"]]
 
     # -- public metadata ------------------------------------------------------------------------------------
 
@@ -170,10 +173,31 @@ class EncryptedDataset:
             raise IntegrityError()
         return data, key_material
 
+    def file_source(self, index: int) -> tuple[pa.NativeFile, bytes]:
+        """A partition opened for reading after its size and tail hash match the manifest.
+
+        The tail holds the encrypted footer's GCM tag and the file's unique AAD, so it identifies this exact
+        file; PME's AES-GCM then authenticates every page as it is read (bound to that footer and to its
+        position), so the whole file need not be hashed on the read path. :meth:`verify` hashes everything.
+        """
+        entry = self.files[index]
+        try:
+            source = pa.memory_map(str(self.path / entry.name))
+            key_material = (self.path / key_material_name(entry.name)).read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError() from None
+        if source.size() != entry.bytes:
+            raise IntegrityError()
+        source.seek(max(0, entry.bytes - TAIL_BYTES))
+        if sha256(source.read()).hexdigest() != entry.tail_sha256:
+            raise IntegrityError()
+        source.seek(0)
+        return source, key_material
+
     def read_file(self, index: int, columns: list[str] | None = None) -> pa.Table:
         """Decrypt one partition (authenticated, row count checked)."""
-        data, key_material = self.file_bytes(index)
-        table = self._pme.read_file(data, self.files[index].name, key_material, columns)
+        source, key_material = self.file_source(index)
+        table = self._pme.read_file(source, self.files[index].name, key_material, columns)
         if table.num_rows != self.files[index].rows:
             raise IntegrityError()
         return table
@@ -189,9 +213,9 @@ class EncryptedDataset:
                      ) -> Iterator[pa.RecordBatch]:
         """Stream decrypted batches, partition by partition, in manifest order."""
         for index, entry in enumerate(self.files):
-            data, key_material = self.file_bytes(index)
+            source, key_material = self.file_source(index)
             rows = 0
-            for batch in self._pme.iter_file(data, entry.name, key_material, batch_size, columns):
+            for batch in self._pme.iter_file(source, entry.name, key_material, batch_size, columns):
                 rows += batch.num_rows
                 yield batch
             if rows != entry.rows:
@@ -201,7 +225,9 @@ class EncryptedDataset:
         """Authenticate every file completely (hash, every PME tag, row counts)."""
         total_bytes = 0
         for index, entry in enumerate(self.files):
-            self.read_file(index)
+            data, key_material = self.file_bytes(index)
+            if self._pme.read_file(data, entry.name, key_material).num_rows != entry.rows:
+                raise IntegrityError()
             total_bytes += entry.bytes
             if progress:
                 progress(entry.bytes)
@@ -325,7 +351,10 @@ class _PartWriter:
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-        self.entries.append(FileEntry(name, self._rows, path.stat().st_size, digest.hexdigest()))
+            size = handle.tell()
+            handle.seek(max(0, size - TAIL_BYTES))
+            tail = sha256(handle.read()).hexdigest()
+        self.entries.append(FileEntry(name, self._rows, size, digest.hexdigest(), tail))
         self._writer, self._rows = None, 0
 
 

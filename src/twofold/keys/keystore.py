@@ -75,7 +75,10 @@ class Keystore:
         self._seal_key = _subkey(kek, b"seal")
         self._mac_key = _subkey(kek, b"mac")
         self._master: dict[int, bytes] = {}
-        for entry in doc["master_keys"]:
+        self._load_master_keys()
+
+    def _load_master_keys(self) -> None:
+        for entry in self._doc["master_keys"]:
             aad = self._aad("master", entry["version"])
             self._master[entry["version"]] = aead.open_sealed(self._seal_key, _unb64(entry["sealed"]), aad)
 
@@ -240,12 +243,23 @@ class Keystore:
         doc["mac"] = _b64(hmac.digest(self._mac_key, _canonical(self._doc), sha256))
         write_private(self._dir / KEYSTORE_FILE, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
 
+    def _reload(self) -> None:
+        """Re-read the document (another process may have changed it) and re-check its MAC."""
+        doc = read_public(self._dir)
+        body = {k: v for k, v in doc.items() if k != "mac"}
+        expected = hmac.digest(self._mac_key, _canonical(body), sha256)
+        if not hmac.compare_digest(_unb64(str(doc.get("mac", ""))), expected):
+            raise KeyAccessError(f"keystore {self._dir} was modified by someone without the passphrase")
+        self._doc = body
+        self._load_master_keys()
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         lock_path = self._dir / ".lock"
         fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._reload()
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
