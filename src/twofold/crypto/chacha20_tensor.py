@@ -422,21 +422,22 @@ class _Segments:
     def total_blocks(self) -> int:
         return self.block_end[-1] if self.block_end else 0
 
-    def byte_range(self, first: int, n: int) -> tuple[int, int]:
-        """Byte offsets in the data covered by global blocks ``first .. first + n - 1``."""
+    def span(self, first: int, n: int) -> tuple[slice, int, int]:
+        """For global blocks ``first .. first + n - 1``: the segments they touch and the data bytes they cover."""
         seg_first = bisect.bisect_right(self.block_end, first)
         seg_last = bisect.bisect_right(self.block_end, first + n - 1)
         start = self.byte_start[seg_first] + BLOCK_BYTES * (first - self.block_start[seg_first])
         last = self.byte_start[seg_last] + BLOCK_BYTES * (first + n - 1 - self.block_start[seg_last])
-        return start, min(last + BLOCK_BYTES, self.byte_start[seg_last] + self.lengths[seg_last])
+        stop = min(last + BLOCK_BYTES, self.byte_start[seg_last] + self.lengths[seg_last])
+        return slice(seg_first, seg_last + 1), start, stop
 
     def tables(self, counters: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
-        """Per-segment int64 tables on ``device`` for mapping blocks to counters and valid byte counts."""
+        """Per-segment int64 tables on ``device``: block and byte offsets, lengths, first counters."""
         def table(values: Sequence[int]) -> torch.Tensor:
             return torch.tensor(list(values), dtype=torch.int64).to(device)
 
-        return {"block_end": table(self.block_end), "block_start": table(self.block_start),
-                "counter": table(counters), "length": table(self.lengths)}
+        return {"block_start": table(self.block_start), "block_end": table(self.block_end),
+                "byte_start": table(self.byte_start), "length": table(self.lengths), "counter": table(counters)}
 
 
 def xor_keystream_segments(data: torch.Tensor, key: KeyLike, nonces: Sequence[Bytes] | torch.Tensor,
@@ -448,7 +449,7 @@ def xor_keystream_segments(data: torch.Tensor, key: KeyLike, nonces: Sequence[By
     Segment ``i`` is the next ``lengths[i]`` bytes, with nonce ``nonces[i]`` (bytes, or row ``i`` of a
     ``(segments, 12)`` uint8 tensor) and first block counter ``counters[i]``; the lengths must add up to
     ``data.numel()``. Same result as one :func:`xor_keystream` call per segment; ``out``, ``fused`` and
-    ``chunk_blocks`` as there.
+    ``chunk_blocks`` as there. Segments whose lengths are multiples of 64 take the fastest path.
     """
     flat = _flat_bytes(data, "data")
     counters = [_integer(c, "counter") for c in counters]
@@ -469,29 +470,46 @@ def xor_keystream_segments(data: torch.Tensor, key: KeyLike, nonces: Sequence[By
     tables = layout.tables(counters, dev)
     for first in range(0, layout.total_blocks, step):
         n = min(step, layout.total_blocks - first)
-        start, stop = layout.byte_range(first, n)
+        segs, start, stop = layout.span(first, n)
         init_d = engine.init_d(n)
-        valid = _fill_segment_rows(init_d, tables, nonce_w, first)
+        _fill_segment_rows(init_d, tables, nonce_w, first)
         groups = engine.blocks(init_d)
-        if stop - start == n * BLOCK_BYTES:
+        if stop - start == n * BLOCK_BYTES:  # no short tails: keystream and data line up
             _xor_into(flat_out[start:], groups, stop - start)
-        else:  # some blocks are a segment's short tail: drop the keystream bytes past each segment's end
-            ks = _to_bytes(groups).view(n, BLOCK_BYTES)
-            keep = torch.arange(BLOCK_BYTES, device=dev)[None, :] < valid[:, None]
-            flat_out[start:stop].bitwise_xor_(ks[keep])
+        else:
+            index = _tail_skipping_index(tables, segs, first, n, start, stop)
+            flat_out[start:stop].bitwise_xor_(_to_bytes(groups).index_select(0, index))
     return out
 
 
 def _fill_segment_rows(init_d: torch.Tensor, tables: dict[str, torch.Tensor], nonce_w: torch.Tensor,
-                       first: int) -> torch.Tensor:
-    """Fill counter and nonce rows for global blocks from ``first`` on; returns valid bytes per block."""
+                       first: int) -> None:
+    """Fill the counter and nonce rows of global blocks ``first, first + 1, ...``."""
     g = torch.arange(first, first + init_d.shape[1], dtype=torch.int64, device=init_d.device)
     seg = torch.searchsorted(tables["block_end"], g, right=True)
-    local = g - tables["block_start"][seg]
-    ctr = tables["counter"][seg] + local
+    ctr = tables["counter"][seg] + (g - tables["block_start"][seg])
     init_d[0].copy_(ctr - ((ctr >> 31) << 32))
     init_d[1:4].copy_(nonce_w[:, seg])
-    return (tables["length"][seg] - BLOCK_BYTES * local).clamp_(max=BLOCK_BYTES)
+
+
+def _tail_skipping_index(tables: dict[str, torch.Tensor], segs: slice, first: int, n: int, start: int,
+                         stop: int) -> torch.Tensor:
+    """Position in the chunk's flat keystream of each data byte in ``[start, stop)``.
+
+    Bytes map one to one within a segment; the keystream bytes past a segment's end (the rest of its last
+    block) are skipped. Computed per segment (a shift), then spread over its bytes.
+    """
+    dtype = torch.int32 if BLOCK_BYTES * n < 2**31 else torch.int64
+    seg_block = tables["block_start"][segs]
+    seg_byte = tables["byte_start"][segs]
+    first_block = seg_block.clamp(min=first)  # the segment's first block inside this chunk
+    end_block = tables["block_end"][segs].clamp(max=first + n)
+    begin = seg_byte + BLOCK_BYTES * (first_block - seg_block)
+    end = torch.minimum(seg_byte + BLOCK_BYTES * (end_block - seg_block), seg_byte + tables["length"][segs])
+    shift = BLOCK_BYTES * (first_block - first) - (begin - start)
+    runs = (end - begin).clamp(min=0)
+    spread = torch.repeat_interleave(shift.to(dtype), runs.to(dtype), output_size=stop - start)
+    return spread.add_(torch.arange(stop - start, dtype=dtype, device=spread.device))
 
 
 def xor_keystream_cpu_fast(data: torch.Tensor, key: KeyLike, nonce: KeyLike, counter: int = 1,
