@@ -438,6 +438,11 @@ def test_segment_misuse_raises() -> None:
         ct.xor_keystream_segments(data, RFC_KEY, [ZERO_NONCE], [0, 1], [5, 5])
     with pytest.raises(ValueError, match="shape"):
         ct.xor_keystream_segments(data, RFC_KEY, torch.zeros(1, 8, dtype=torch.uint8), [0], [10])
+    with pytest.raises(ValueError, match="nonce"):
+        ct.xor_keystream_segments(data, RFC_KEY, [ZERO_NONCE, bytes(11)], [0, 0], [5, 5])
+    with pytest.raises(ValueError, match="wrap"):
+        ct.xor_keystream_segments(torch.zeros(130, dtype=torch.uint8), RFC_KEY, [ZERO_NONCE, ZERO_NONCE],
+                                  [0, MAX_COUNTER], [0, 130])
 
 
 def test_numpy_integers_are_accepted() -> None:

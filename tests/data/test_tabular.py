@@ -183,7 +183,7 @@ def test_flipped_byte_anywhere_in_a_data_file_is_caught(dataset_dir, keystore):
     path = dataset_dir / "part-00000.parquet"
     original = path.read_bytes()
     km = (dataset_dir / key_material_name(path.name)).read_bytes()
-    session = PmeSession(keystore)
+    session = PmeSession(keystore, inspect(dataset_dir)["dataset_id"])
     step = max(1, len(original) // 97)
     for offset in range(0, len(original), step):
         corrupted = bytearray(original)
@@ -204,7 +204,7 @@ def test_truncated_file_is_detected(dataset_dir, keystore):
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(IntegrityError):
         EncryptedDataset.open(dataset_dir, keystore)
-    session = PmeSession(keystore)
+    session = PmeSession(keystore, inspect(dataset_dir)["dataset_id"])
     with pytest.raises(IntegrityError):
         session.read_file(path.read_bytes(), path.name, (dataset_dir / key_material_name(path.name)).read_bytes())
 

@@ -12,6 +12,7 @@ from twofold.cli.bench import bench
 from twofold.cli.datasets import decrypt, encrypt, inspect_cmd, verify
 from twofold.cli.demo import demo
 from twofold.cli.keys import keys
+from twofold.cli.trust import enclave, kbs, policy, tcb
 from twofold.errors import TwofoldError
 
 
@@ -22,7 +23,7 @@ def cli(debug: bool) -> None:
     """twofold: train and serve models on infrastructure you do not trust."""
 
 
-for command in (keys, encrypt, inspect_cmd, verify, decrypt, bench, demo):
+for command in (keys, encrypt, inspect_cmd, verify, decrypt, tcb, kbs, enclave, policy, bench, demo):
     cli.add_command(command)
 
 

@@ -101,10 +101,11 @@ def _nonce_words(nonces: Sequence[Bytes] | torch.Tensor, device: torch.device) -
         if nonces.dim() != 2 or nonces.shape[1] != NONCE_BYTES:
             raise ValueError("nonces tensor must have shape (segments, 12)")
         return _words(nonces.reshape(-1), nonces.numel(), "nonces", device).view(-1, 3).t().contiguous()
-    rows = [_words(n, NONCE_BYTES, "nonce", torch.device("cpu")) for n in nonces]
-    if not rows:
-        return torch.empty(3, 0, dtype=torch.int32, device=device)
-    return torch.stack(rows, dim=1).to(device)
+    if all(isinstance(n, bytes | bytearray | memoryview) and len(n) == NONCE_BYTES for n in nonces):
+        words = struct.unpack(f"<{3 * len(nonces)}i", b"".join(nonces))  # one conversion for all segments
+        return torch.tensor(words, dtype=torch.int32).view(-1, 3).t().contiguous().to(device)
+    rows = [_words(n, NONCE_BYTES, "nonce", device) for n in nonces]  # raises the precise error
+    return torch.stack(rows, dim=1)
 
 
 def _integer(value: object, name: str) -> int:

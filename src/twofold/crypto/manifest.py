@@ -13,6 +13,7 @@ import os
 from hashlib import sha256
 from typing import Any
 
+from twofold.crypto.contexts import key_context
 from twofold.errors import InputError, IntegrityError
 
 FORMAT = "twofold-dataset"
@@ -22,7 +23,7 @@ MAC_DOMAIN = b"twofold-manifest-v1\x00"
 
 def mac_context(dataset_id: str) -> bytes:
     """Associated data binding a wrapped MAC key to its dataset."""
-    return b"manifest-mac|" + dataset_id.encode()
+    return key_context("manifest-mac", dataset_id)
 
 
 def canonical(obj: Any) -> bytes:

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 from pyarrow import fs
 
+from twofold.crypto.contexts import key_context
 from twofold.errors import IntegrityError, TwofoldError
 
-MASTER_KEY_ID = "twofold-master"
 ALGORITHM = "AES_GCM_V1"
 DATA_KEY_BITS = 256
 _DIR = "/pme"
@@ -135,14 +135,15 @@ class _WrapperKmsClient(pe.KmsClient):
 
 
 def _context(master_key_identifier: str) -> bytes:
-    return b"parquet-kek|" + master_key_identifier.encode()
+    return key_context("parquet-kek", master_key_identifier)
 
 
 class PmeSession:
     """PME for files of one dataset, with keys wrapped and unwrapped by ``wrapper`` (a KeyWrapper)."""
 
-    def __init__(self, wrapper: Any) -> None:
+    def __init__(self, wrapper: Any, dataset_id: str) -> None:
         self._wrapper = wrapper
+        self._dataset_id = dataset_id
         self._errors: list[BaseException] = []
         self._factory = pe.CryptoFactory(lambda _cfg: _WrapperKmsClient(self._guard_wrap, self._guard_unwrap))
         self._kms = pe.KmsConnectionConfig(kms_instance_id=wrapper.keystore_id)
@@ -173,7 +174,7 @@ class PmeSession:
         """A ParquetWriter that encrypts into ``sink``; the returned dict receives the key material on close."""
         memfs = _KeyMaterialFS()
         config = pe.EncryptionConfiguration(
-            footer_key=MASTER_KEY_ID,
+            footer_key=self._dataset_id,  # the master key *identifier* names the dataset (policy scope)
             uniform_encryption=True,
             encryption_algorithm=ALGORITHM,
             plaintext_footer=False,

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from twofold.crypto import manifest as mf
-from twofold.crypto.pme import ALGORITHM, DATA_KEY_BITS, MASTER_KEY_ID, PmeSession, key_material_name
+from twofold.crypto.pme import ALGORITHM, DATA_KEY_BITS, PmeSession, key_material_name
 from twofold.data.sources import open_table_source
 from twofold.errors import ConfigError, InputError, IntegrityError
 from twofold.fsutil import write_private
@@ -56,6 +56,10 @@ class VerifyReport:
     files: int
     rows: int
     bytes: int
+
+
+def new_dataset_id() -> str:
+    return "ds-" + secrets.token_hex(8)
 
 
 def part_name(index: int) -> str:
@@ -125,13 +129,15 @@ class EncryptedDataset:
             raise InputError(f"label column {label!r} is not in the input (columns: {len(reader.schema)})")
         staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o700)
+        dataset_id = new_dataset_id()
         try:
-            body = _write_parts(reader, staging, wrapper, label, rows_per_file, progress, metadata or {})
+            body = _write_parts(reader, staging, wrapper, dataset_id, label, rows_per_file, progress, metadata or {})
             os.replace(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return cls(out, body, mf.parse_public((out / MANIFEST).read_bytes()), PmeSession(wrapper), wrapper)
+        doc = mf.parse_public((out / MANIFEST).read_bytes())
+        return cls(out, body, doc, PmeSession(wrapper, dataset_id), wrapper)
 
     # -- opening --------------------------------------------------------------------------------------------
 
@@ -144,7 +150,7 @@ class EncryptedDataset:
         dataset_id = str(doc["manifest"].get("dataset_id", ""))
         mac_key = wrapper.unwrap(wrapped, mf.mac_context(dataset_id))
         body = mf.authenticate(doc, mac_key)
-        dataset = cls(path, body, doc, PmeSession(wrapper), wrapper)
+        dataset = cls(path, body, doc, PmeSession(wrapper, dataset_id), wrapper)
         dataset._check_listing()
         return dataset
 
@@ -358,10 +364,11 @@ class _PartWriter:
         self._writer, self._rows = None, 0
 
 
-def _write_parts(reader: pa.RecordBatchReader, staging: Path, wrapper: KeyWrapper, label: str | None,
-                 rows_per_file: int, progress: Progress | None, metadata: dict[str, Any]) -> dict[str, Any]:
+def _write_parts(reader: pa.RecordBatchReader, staging: Path, wrapper: KeyWrapper, dataset_id: str,
+                 label: str | None, rows_per_file: int, progress: Progress | None,
+                 metadata: dict[str, Any]) -> dict[str, Any]:
     schema = reader.schema
-    parts = _PartWriter(staging, PmeSession(wrapper), schema, rows_per_file)
+    parts = _PartWriter(staging, PmeSession(wrapper, dataset_id), schema, rows_per_file)
     for batch in reader:
         parts.add(batch)
         if progress:
@@ -370,7 +377,6 @@ def _write_parts(reader: pa.RecordBatchReader, staging: Path, wrapper: KeyWrappe
     num_rows = sum(e.rows for e in entries)
     if num_rows == 0:
         raise InputError("the input has no data rows")
-    dataset_id = "ds-" + secrets.token_hex(8)
     body = {
         "format": mf.FORMAT,
         "format_version": mf.FORMAT_VERSION,
@@ -390,7 +396,7 @@ def _write_parts(reader: pa.RecordBatchReader, staging: Path, wrapper: KeyWrappe
             "data_key_bits": DATA_KEY_BITS,
             "double_wrapping": True,
             "key_material": "external",
-            "master_key_id": MASTER_KEY_ID,
+            "master_key_id": dataset_id,
         },
         "files": [e.__dict__ for e in entries],
         "metadata": metadata,

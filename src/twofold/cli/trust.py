@@ -1,0 +1,167 @@
+"""``twofold tcb | kbs serve | enclave serve | enclave platform-key | policy init``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import ssl
+from pathlib import Path
+
+import click
+
+from twofold.cli.common import info, keystore_option, unlock
+from twofold.errors import ConfigError
+from twofold.trust.services import READY_PREFIX
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--files", "show_files", is_flag=True, help="List the files of the TCB.")
+def tcb(as_json: bool, show_files: bool) -> None:
+    """Print the trusted code base's measurement and size beside the whole project's."""
+    from twofold.enclave.measure import tcb_report
+
+    report = tcb_report()
+    if as_json:
+        click.echo(json.dumps({"measurement": report.measurement, "tcb_lines": report.tcb_lines,
+                               "total_lines": report.total_lines, "tcb_files": len(report.files),
+                               "files": report.files}, indent=2))
+        return
+    click.echo(f"measurement  {report.measurement}")
+    click.echo(f"TCB          {len(report.files)} files, {report.tcb_lines} lines of code")
+    click.echo(f"project      {report.total_lines} lines of code "
+               f"(TCB is {100 * report.tcb_lines / report.total_lines:.1f}%)")
+    if show_files:
+        for name in report.files:
+            click.echo(f"  {name}")
+
+
+def _serve_logging(name: str) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"twofold {name}: %(levelname)s %(message)s")
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+@click.group()
+def kbs() -> None:
+    """The owner's key broker service."""
+
+
+@kbs.command("serve")
+@keystore_option
+@click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8650, show_default=True, help="0 picks a free port.")
+@click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append-only audit log (default: kbs-audit.jsonl in the keystore directory).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def kbs_serve(keystore_dir: Path, policy_path: Path, host: str, port: int, audit_log: Path | None,
+              tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Serve attestation-gated key release until interrupted."""
+    from twofold.keys.broker.audit import AuditLog
+    from twofold.keys.broker.server import KeyBroker, serve
+    from twofold.trust.policy import load_policy
+
+    _serve_logging("kbs")
+    policy = load_policy(policy_path)
+    store = unlock(keystore_dir)
+    context = None
+    if tls_cert or tls_key:
+        if not (tls_cert and tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+    audit = AuditLog(audit_log or keystore_dir / "kbs-audit.jsonl")
+    if policy.allow_simulation:
+        logging.getLogger("twofold.kbs").warning("policy allows SIMULATION evidence (no hardware protection)")
+
+    def ready(url: str) -> None:
+        click.echo(f"{READY_PREFIX}{url}")
+        click.get_text_stream("stdout").flush()
+        info(f"key broker for keystore {store.keystore_id} listening on {url}")
+
+    try:
+        asyncio.run(serve(KeyBroker(store, policy, audit), host, port, context, ready))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        audit.close()
+
+
+@click.group()
+def enclave() -> None:
+    """The enclave runtime (simulation backend)."""
+
+
+@enclave.command("serve")
+@click.option("--socket", "socket_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--kbs", "kbs_url", required=True, help="URL of the owner's key broker.")
+@click.option("--kbs-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CA bundle for an https key broker.")
+@click.option("--platform-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Simulated platform key (default: $TWOFOLD_HOME/simulation/platform-ed25519.pem).")
+@click.option("--cache-mib", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Plaintext partition cache budget.")
+def enclave_serve(socket_path: Path, kbs_url: str, kbs_ca: Path | None, platform_key: Path | None,
+                  cache_mib: int) -> None:
+    """Attest to the key broker, then serve ecalls on a Unix socket until terminated."""
+    import signal
+
+    from twofold.enclave.runtime import serve, start_state
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # until the event loop installs its own
+    _serve_logging("enclave")
+    state = start_state(kbs_url, platform_key, cache_mib << 20, str(kbs_ca) if kbs_ca else None)
+
+    def ready() -> None:
+        click.echo(f"{READY_PREFIX}{socket_path}")
+        click.get_text_stream("stdout").flush()
+        info(f"enclave (SIMULATION: no hardware memory protection) measurement {state.measurement[:16]}... "
+             f"attested; serving on {socket_path}")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(state, socket_path, ready))
+
+
+@enclave.command("platform-key")
+@click.option("--platform-key", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def platform_key_cmd(platform_key: Path | None) -> None:
+    """Print this machine's simulated platform public key (for a policy's simulation_platform_keys)."""
+    from twofold.enclave.attester import load_or_create_platform_key
+
+    key = load_or_create_platform_key(platform_key)
+    click.echo(base64.b64encode(key.public_key().public_bytes_raw()).decode())
+
+
+@click.group()
+def policy() -> None:
+    """Key-release policies."""
+
+
+@policy.command("init")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dataset", "datasets", multiple=True, required=True,
+              help="Dataset id (or directory, or '*') the enclave may open; repeatable.")
+@click.option("--measurement", default="current", show_default=True,
+              help="Allowed measurement: 'current' (this installation's TCB) or a SHA-256 hex digest.")
+@click.option("--allow-simulation", is_flag=True, help="Accept simulation evidence (no hardware protection).")
+@click.option("--platform-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Trust this machine's simulated platform key (default location if omitted).")
+@click.option("--expires", default=None, help="ISO 8601 expiry of the grant.")
+def policy_init(out: Path, datasets: tuple[str, ...], measurement: str, allow_simulation: bool,
+                platform_key: Path | None, expires: str | None) -> None:
+    """Write a policy that lets one measurement open the given datasets."""
+    from twofold.trust.local import write_policy
+
+    write_policy(out, datasets, measurement, allow_simulation, platform_key, expires)
+    info(f"wrote policy {out}")
+
+
+@click.command("keystore-check", hidden=True)
+@keystore_option
+def keystore_check(keystore_dir: Path) -> None:
+    """Check that the passphrase opens the keystore."""
+    click.echo(unlock(keystore_dir).keystore_id)

@@ -1,0 +1,83 @@
+"""Attestation evidence: what an attester signs and a verifier checks.
+
+Evidence binds an enclave's code measurement to a verifier's fresh nonce and to the enclave's ephemeral public
+key (``report_data = SHA-256(public key)``), so keys released to that public key reach only that enclave
+instance. The simulation backend signs evidence with a per-machine Ed25519 "platform key"; hardware backends
+carry a vendor-signed quote instead (see docs/threat-model.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass
+from hashlib import sha256
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from twofold.errors import AttestationError
+
+EVIDENCE_VERSION = 1
+
+
+def report_data_for(public_key_raw: bytes) -> str:
+    """The report data that binds evidence to an enclave's ephemeral public key."""
+    return sha256(b"twofold-report-data-v1\x00" + public_key_raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Claims of one attestation, plus the platform's signature over their canonical form."""
+
+    backend: str
+    measurement: str
+    nonce: str
+    report_data: str
+    timestamp: float
+    platform_key: str = ""  # base64 raw Ed25519 public key (simulation backend)
+    signature: str = ""  # base64 Ed25519 signature
+    version: int = EVIDENCE_VERSION
+
+    def claims(self) -> bytes:
+        body = {k: v for k, v in asdict(self).items() if k != "signature"}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Evidence:
+        if not isinstance(data, dict):
+            raise AttestationError("evidence must be an object")
+        try:
+            evidence = cls(
+                backend=str(data["backend"]), measurement=str(data["measurement"]), nonce=str(data["nonce"]),
+                report_data=str(data["report_data"]), timestamp=float(data["timestamp"]),
+                platform_key=str(data.get("platform_key", "")), signature=str(data.get("signature", "")),
+                version=int(data.get("version", 0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise AttestationError("malformed evidence") from None
+        if evidence.version != EVIDENCE_VERSION:
+            raise AttestationError(f"unsupported evidence version {evidence.version}")
+        return evidence
+
+
+def sign_evidence(evidence: Evidence, platform_key: Ed25519PrivateKey) -> Evidence:
+    """Sign evidence with a (simulated) platform key."""
+    public = base64.b64encode(platform_key.public_key().public_bytes_raw()).decode()
+    unsigned = Evidence(**{**asdict(evidence), "platform_key": public, "signature": ""})
+    signature = base64.b64encode(platform_key.sign(unsigned.claims())).decode()
+    return Evidence(**{**asdict(unsigned), "signature": signature})
+
+
+def check_signature(evidence: Evidence) -> bytes:
+    """Verify the evidence signature against the key it names; returns that raw public key."""
+    try:
+        raw = base64.b64decode(evidence.platform_key, validate=True)
+        Ed25519PublicKey.from_public_bytes(raw).verify(base64.b64decode(evidence.signature, validate=True),
+                                                       evidence.claims())
+    except (InvalidSignature, ValueError):
+        raise AttestationError("evidence signature is invalid") from None
+    return raw

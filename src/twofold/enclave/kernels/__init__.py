@@ -1,0 +1,1 @@
+"""Per-algorithm kernels; importing this package registers their ecalls."""

@@ -1,0 +1,103 @@
+"""The TCB's identity: which files the enclave loads, their measurement, and their size."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # src/twofold
+ENTRY_PACKAGE = "twofold.enclave"
+MEASUREMENT_DOMAIN = b"twofold-tcb-measurement-v1\x00"
+
+
+@dataclass(frozen=True)
+class TcbReport:
+    measurement: str
+    files: list[str]
+    tcb_lines: int
+    total_lines: int
+
+
+def _module_path(module: str) -> Path | None:
+    parts = module.split(".")[1:]
+    candidate = PACKAGE_ROOT.joinpath(*parts)
+    if (candidate / "__init__.py").is_file():
+        return candidate / "__init__.py"
+    if candidate.with_suffix(".py").is_file():
+        return candidate.with_suffix(".py")
+    return None
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE_ROOT).with_suffix("")
+    parts = ["twofold", *rel.parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def twofold_imports(path: Path) -> set[str]:
+    """The ``twofold.*`` modules a source file imports (absolute or relative)."""
+    tree = ast.parse(path.read_text("utf-8"))
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("twofold")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base.startswith("twofold"):
+                found.add(base)
+                found |= {f"{base}.{alias.name}" for alias in node.names}
+    return found
+
+
+def tcb_files() -> list[Path]:
+    """The enclave package's files plus every twofold module they import, transitively, in canonical order."""
+    pending = [p for p in (PACKAGE_ROOT / "enclave").rglob("*.py")]
+    pending.append(PACKAGE_ROOT / "__init__.py")
+    seen: set[Path] = set()
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in twofold_imports(path):
+            parents = module.split(".")
+            for depth in range(2, len(parents) + 1):  # a submodule import loads its packages too
+                resolved = _module_path(".".join(parents[:depth]))
+                if resolved is not None and resolved not in seen:
+                    pending.append(resolved)
+    return sorted(seen, key=lambda p: p.relative_to(PACKAGE_ROOT).as_posix())
+
+
+def measure(files: list[Path]) -> str:
+    """SHA-256 over (relative path, content) of each file, length-prefixed, in the given order."""
+    digest = sha256(MEASUREMENT_DOMAIN)
+    for path in files:
+        name = path.relative_to(PACKAGE_ROOT).as_posix().encode()
+        content = path.read_bytes()
+        digest.update(len(name).to_bytes(4, "big") + name + len(content).to_bytes(8, "big") + content)
+    return digest.hexdigest()
+
+
+def count_lines(path: Path) -> int:
+    """Lines of code: non-blank lines that are not only a comment."""
+    return sum(1 for line in path.read_text("utf-8").splitlines() if line.strip() and not line.strip().startswith("#"))
+
+
+def tcb_report() -> TcbReport:
+    files = tcb_files()
+    return TcbReport(
+        measurement=measure(files),
+        files=[p.relative_to(PACKAGE_ROOT).as_posix() for p in files],
+        tcb_lines=sum(count_lines(p) for p in files),
+        total_lines=sum(count_lines(p) for p in PACKAGE_ROOT.rglob("*.py")),
+    )
+
+
+def current_measurement() -> str:
+    return measure(tcb_files())

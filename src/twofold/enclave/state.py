@@ -1,0 +1,79 @@
+"""What an enclave instance holds: its identity, its key-broker session, opened datasets and the plaintext cache."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from hashlib import sha256
+from typing import Any
+
+import pyarrow as pa
+
+from twofold.crypto import manifest as mf
+from twofold.crypto.pme import PmeSession
+from twofold.enclave.broker_client import BrokerSession
+from twofold.enclave.cache import PartitionCache
+from twofold.errors import ConfigError, IntegrityError
+
+
+@dataclass
+class OpenedDataset:
+    """A dataset whose manifest this enclave authenticated itself."""
+
+    body: dict[str, Any]
+    pme: PmeSession
+
+    @property
+    def dataset_id(self) -> str:
+        return self.body["dataset_id"]
+
+
+@dataclass
+class EnclaveState:
+    backend: str
+    measurement: str
+    broker: BrokerSession
+    cache: PartitionCache
+    datasets: dict[str, OpenedDataset] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open_dataset(self, manifest_bytes: bytes) -> OpenedDataset:
+        doc = mf.parse_public(manifest_bytes)
+        dataset_id = str(doc["manifest"].get("dataset_id", ""))
+        mac_key = self.broker.unwrap(str(doc["keys"].get("mac_key", "")), mf.mac_context(dataset_id))
+        body = mf.authenticate(doc, mac_key)
+        opened = OpenedDataset(body, PmeSession(self.broker, dataset_id))
+        with self.lock:
+            self.datasets[dataset_id] = opened
+        return opened
+
+    def dataset(self, dataset_id: str) -> OpenedDataset:
+        opened = self.datasets.get(dataset_id)
+        if opened is None:
+            raise ConfigError(f"dataset {dataset_id} is not open in this enclave")
+        return opened
+
+    def load_partition(self, dataset_id: str, index: int, data: bytes, key_material: bytes) -> pa.Table:
+        """Authenticate and decrypt one partition into the cache (or return the cached one)."""
+        cached = self.cache.get((dataset_id, index))
+        if cached is not None:
+            return cached
+        opened = self.dataset(dataset_id)
+        files = opened.body["files"]
+        if not 0 <= index < len(files):
+            raise ConfigError(f"dataset {dataset_id} has no partition {index}")
+        entry = files[index]
+        if len(data) != entry["bytes"] or sha256(data).hexdigest() != entry["sha256"]:
+            raise IntegrityError()
+        table = opened.pme.read_file(data, entry["name"], key_material)
+        if table.num_rows != entry["rows"]:
+            raise IntegrityError()
+        self.cache.put((dataset_id, index), table, table.nbytes)
+        return table
+
+    def partition(self, dataset_id: str, index: int) -> pa.Table:
+        """A partition already in the cache; the caller must (re)load it otherwise."""
+        table = self.cache.get((dataset_id, index))
+        if table is None:
+            raise ConfigError(f"partition {index} of {dataset_id} is not loaded")
+        return table

@@ -1,0 +1,1 @@
+"""Attestation on the verifying side: policies, verifiers, and launching trusted services."""

@@ -1,0 +1,97 @@
+"""Start and stop twofold's services as real processes from the same CLI entry points used in production.
+
+Each service prints one ready line on stdout (``ready <address>``); a service is stopped through the process
+id that started it (SIGTERM, then SIGKILL), never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twofold.errors import ServiceError
+
+READY_PREFIX = "ready "
+
+
+class ServiceProcess:
+    """A running twofold service started with ``python -m twofold ARGS``."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None,
+                 timeout: float = 60.0) -> None:
+        self.name = name
+        self.args = args
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "twofold", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, text=True,
+        )
+        self.address = self._wait_ready(timeout)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _wait_ready(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                error = (self.process.stderr.read() if self.process.stderr else "").strip().splitlines()
+                raise ServiceError(f"{self.name} exited during start: {error[-1] if error else 'no output'}")
+            ready, _, _ = select.select([self.process.stdout], [], [], 0.1)
+            if ready:
+                line = self.process.stdout.readline()
+                if line.startswith(READY_PREFIX):
+                    return line[len(READY_PREFIX):].strip()
+        self.stop()
+        raise ServiceError(f"{self.name} did not become ready within {timeout:.0f} s")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate by PID; escalate to SIGKILL after ``timeout``."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream:
+                stream.close()
+
+    def kill(self) -> None:
+        """SIGKILL by PID (for fault tests): no cleanup runs."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_kbs(keystore_dir: Path, policy_path: Path, audit_path: Path, port: int = 0,
+              env: dict[str, str] | None = None) -> ServiceProcess:
+    """The owner's key broker on loopback; the passphrase travels in the environment, never in argv."""
+    return ServiceProcess("key broker", ["kbs", "serve", "--keystore", str(keystore_dir), "--policy",
+                                         str(policy_path), "--audit-log", str(audit_path), "--host", "127.0.0.1",
+                                         "--port", str(port)], env=env)
+
+
+def start_enclave(socket_path: Path, kbs_url: str, env: dict[str, str] | None = None,
+                  cache_mib: int = 1024) -> ServiceProcess:
+    return ServiceProcess("enclave", ["enclave", "serve", "--socket", str(socket_path), "--kbs", kbs_url,
+                                      "--cache-mib", str(cache_mib)], env=env)

@@ -1,0 +1,71 @@
+"""Verifiers: check evidence against a nonce, a public key and the owner's policy.
+
+Only the simulation backend exists today. A hardware backend plugs in here as another ``Verifier``:
+
+- **SGX DCAP (Gramine RA-TLS):** verify the quote's PCK certificate chain to Intel's root and the TCB info and
+  QE identity collateral (e.g. through the DCAP quote verification library), then read MRENCLAVE as the
+  measurement and the first 32 bytes of REPORTDATA as ``report_data``.
+- **SEV-SNP / TDX:** verify the attestation report's signature chain (VCEK/ASK/ARK, or the TDX quote via DCAP),
+  then read MEASUREMENT/MRTD and REPORT_DATA the same way.
+
+Neither is implemented, and twofold never pretends they are: evidence naming another backend is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from twofold.crypto.evidence import Evidence, check_signature, report_data_for
+from twofold.errors import AttestationError
+from twofold.trust.policy import Policy
+
+log = logging.getLogger("twofold.trust")
+MAX_CLOCK_SKEW_S = 5.0
+
+
+@dataclass(frozen=True)
+class VerifiedClaims:
+    backend: str
+    measurement: str
+
+
+class Verifier(Protocol):
+    backend: str
+
+    def verify(self, evidence: Evidence, nonce: str, public_key_raw: bytes) -> VerifiedClaims: ...
+
+
+class SimulationVerifier:
+    """Accepts simulation evidence only when the policy says so explicitly, and warns every time."""
+
+    backend = "simulation"
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def verify(self, evidence: Evidence, nonce: str, public_key_raw: bytes) -> VerifiedClaims:
+        if not self._policy.allow_simulation:
+            raise AttestationError("simulation evidence is not allowed by the policy")
+        platform_key = check_signature(evidence)
+        if base64.b64encode(platform_key).decode() not in self._policy.simulation_platform_keys:
+            raise AttestationError("evidence is signed by a simulation platform the policy does not trust")
+        if evidence.nonce != nonce:
+            raise AttestationError("evidence answers a different nonce")
+        if evidence.report_data != report_data_for(public_key_raw):
+            raise AttestationError("evidence report_data does not match the enclave's public key")
+        now = time.time()
+        if not now - self._policy.nonce_ttl_seconds <= evidence.timestamp <= now + MAX_CLOCK_SKEW_S:
+            raise AttestationError("evidence timestamp is outside the allowed window")
+        log.warning("accepted SIMULATION evidence for measurement %s: no hardware memory protection",
+                    evidence.measurement[:16])
+        return VerifiedClaims(self.backend, evidence.measurement)
+
+
+def verifier_for(backend: str, policy: Policy) -> Verifier:
+    if backend == SimulationVerifier.backend:
+        return SimulationVerifier(policy)
+    raise AttestationError(f"no verifier for attestation backend {backend!r} (supported: simulation)")
