@@ -32,3 +32,17 @@ def bench_encrypt(rows: int, cols: int, rows_per_file: int | None, json_path: Pa
         info(f"{row['mode']:<10} write {row['write_mb_per_s']:8.1f} MB/s   read {row['read_mb_per_s']:8.1f} MB/s")
     info(f"encrypted/plain read ratio {result['read_ratio']:.2f} (target >= 0.80)")
     write_json(json_path, result)
+
+
+@bench.command("kbs")
+@click.option("--attestations", type=click.IntRange(min=10), default=300, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@json_option
+def bench_kbs(attestations: int, concurrency: int, json_path: Path | None) -> None:
+    """Attestation + key-release latency (median, p99) and grants per second on loopback."""
+    from twofold.bench import kbs
+
+    result = kbs.run(attestations, concurrency)
+    info(f"simulation backend: median {result['median_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms "
+         f"(target <= 50), {result['grants_per_s']:.0f} grants/s (target >= 100)")
+    write_json(json_path, result)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -76,9 +75,10 @@ def local_trust_stack(keystore_dir: Path, passphrase: str, datasets: Sequence[st
     try:
         policy_path = root / "policy.json"
         write_policy(policy_path, datasets)
-        kbs = start_kbs(keystore_dir, policy_path, root / "kbs-audit.jsonl", env=env)
-        enclave_env = {k: v for k, v in os.environ.items() if k != PASSPHRASE_ENV}
-        enclave = start_enclave(root / "enclave.sock", kbs.address, env={**enclave_env, PASSPHRASE_ENV: ""})
+        kbs = start_kbs(keystore_dir, policy_path, root / "kbs-audit.jsonl", env=env, log_path=root / "kbs.log")
+        # The enclave never gets the owner's passphrase: keys reach it only through the broker.
+        enclave = start_enclave(root / "enclave.sock", kbs.address, env={PASSPHRASE_ENV: ""},
+                                log_path=root / "enclave.log")
         yield TrustStack(kbs, enclave, root)
     finally:
         for service in (enclave, kbs):

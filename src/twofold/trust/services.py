@@ -12,6 +12,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,14 +25,28 @@ class ServiceProcess:
     """A running twofold service started with ``python -m twofold ARGS``."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, log_path: Path | None = None) -> None:
         self.name = name
         self.args = args
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "twofold", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, text=True,
-        )
+        self._own_log = log_path is None
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="twofold-service-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "twofold", *args], stdout=subprocess.PIPE, stderr=log,
+                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, text=True,
+            )
         self.address = self._wait_ready(timeout)
+
+    def log_text(self) -> str:
+        """What the service wrote to stderr so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     @property
     def pid(self) -> int:
@@ -42,7 +57,7 @@ class ServiceProcess:
         assert self.process.stdout is not None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                error = (self.process.stderr.read() if self.process.stderr else "").strip().splitlines()
+                error = self.log_text().strip().splitlines()
                 raise ServiceError(f"{self.name} exited during start: {error[-1] if error else 'no output'}")
             ready, _, _ = select.select([self.process.stdout], [], [], 0.1)
             if ready:
@@ -66,9 +81,11 @@ class ServiceProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream:
-                stream.close()
+        if self.process.stdout:
+            self.process.stdout.close()
+        if self._own_log:
+            with contextlib.suppress(FileNotFoundError):
+                self.log_path.unlink()
 
     def kill(self) -> None:
         """SIGKILL by PID (for fault tests): no cleanup runs."""
@@ -84,14 +101,14 @@ class ServiceProcess:
 
 
 def start_kbs(keystore_dir: Path, policy_path: Path, audit_path: Path, port: int = 0,
-              env: dict[str, str] | None = None) -> ServiceProcess:
+              env: dict[str, str] | None = None, log_path: Path | None = None) -> ServiceProcess:
     """The owner's key broker on loopback; the passphrase travels in the environment, never in argv."""
     return ServiceProcess("key broker", ["kbs", "serve", "--keystore", str(keystore_dir), "--policy",
                                          str(policy_path), "--audit-log", str(audit_path), "--host", "127.0.0.1",
-                                         "--port", str(port)], env=env)
+                                         "--port", str(port)], env=env, log_path=log_path)
 
 
-def start_enclave(socket_path: Path, kbs_url: str, env: dict[str, str] | None = None,
-                  cache_mib: int = 1024) -> ServiceProcess:
+def start_enclave(socket_path: Path, kbs_url: str, env: dict[str, str] | None = None, cache_mib: int = 1024,
+                  log_path: Path | None = None) -> ServiceProcess:
     return ServiceProcess("enclave", ["enclave", "serve", "--socket", str(socket_path), "--kbs", kbs_url,
-                                      "--cache-mib", str(cache_mib)], env=env)
+                                      "--cache-mib", str(cache_mib)], env=env, log_path=log_path)

@@ -1,0 +1,142 @@
+"""Versioned, length-prefixed msgpack frames with explicit schemas.
+
+A frame is ``u32 length | msgpack map {"v": VERSION, "seq": n, "kind": str, "body": map}``. Each direction of a
+link numbers its frames 0, 1, 2, ...; a frame with an unknown version or kind, a body that does not match its
+kind's schema, a sequence number other than the next one, or a length above the link's limit raises
+:class:`~twofold.errors.ProtocolError`. Bodies hold only msgpack scalars, bytes, lists and maps (no pickle);
+ciphertexts travel as DT-PKC's own strict byte encodings.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from twofold.errors import (
+    ConfigError,
+    InputError,
+    IntegrityError,
+    KeyAccessError,
+    ProtocolError,
+    ServiceError,
+    TwofoldError,
+)
+
+VERSION = 1
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 256 * 1024 * 1024
+_FRAME_KEYS = frozenset(("v", "seq", "kind", "body"))
+
+Spec = Any  # "bytes" | "int" | "str" | "bool" | "float" | "map" | [Spec] | {field: Spec}
+
+_PAIRS = [["bytes"]]  # [(ciphertext, partial decryption), ...]
+SCHEMAS: dict[str, dict[str, Spec]] = {
+    # replies and errors
+    "error": {"code": "str", "message": "str"},
+    "ok": {"result": "map"},
+    "cts": {"cts": ["bytes"]},
+    # parties -> MU
+    "hello": {"version": "int"},
+    "upload": {"model": "str", "key_id": "bytes", "chunk": "str", "records": "int", "cts": ["bytes"]},
+    "train": {"model": "str", "chunk": "int"},
+    "status": {},
+    "predict": {"model": "str", "key_id": "bytes", "queries": [["bytes"]]},
+    # MU -> SU building blocks
+    "su.key_switch": {"target": "bytes", "items": _PAIRS},
+    "su.mul": {"items": [["bytes"]]},
+    "su.compare": {"target": "bytes", "items": _PAIRS},
+    "su.shares_mulpack": {"counts": [_PAIRS], "width": "int", "slots": "int", "cells": [["int"]],
+                          "q": ["bytes"], "c": ["bytes"], "group": "int"},
+    "su.log_pack": {"groups": [["bytes"]], "gids": ["int"], "group": "int", "vwidth": "int", "frac": "int",
+                    "width": "int", "offset": "int", "outputs": [[[["int"]]]]},
+    "su.select_sum": {"queries": [{"q": _PAIRS, "table": ["bytes"]}], "qwidth": "int", "bins": "int",
+                      "features": "int"},
+    "su.argmax": {"target": "bytes", "classes": "int", "width": "int", "items": _PAIRS},
+    "su.stats": {},
+}
+
+_ERRORS: dict[str, type[TwofoldError]] = {
+    "protocol": ProtocolError, "integrity": IntegrityError, "key": KeyAccessError, "input": InputError,
+    "config": ConfigError, "service": ServiceError,
+}
+
+
+def error_code(exc: BaseException) -> str:
+    """The wire code of an exception (unknown exceptions are 'service')."""
+    for code, cls in _ERRORS.items():
+        if type(exc) is cls:
+            return code
+    for code, cls in _ERRORS.items():
+        if isinstance(exc, cls):
+            return code
+    return "service"
+
+
+def raise_remote(body: dict[str, Any]) -> None:
+    """Raise the local exception class for an error frame received from a peer."""
+    cls = _ERRORS.get(body["code"], ServiceError)
+    if cls is IntegrityError:
+        raise IntegrityError()
+    raise cls(f"peer: {body['message']}")
+
+
+def _check(value: Any, spec: Spec, where: str) -> None:
+    if isinstance(spec, str):
+        ok = {"bytes": lambda v: isinstance(v, bytes), "int": lambda v: type(v) is int,
+              "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+              "float": lambda v: isinstance(v, float | int) and not isinstance(v, bool),
+              "map": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)}[spec](value)
+        if not ok:
+            raise ProtocolError(f"field {where} must be {spec}")
+    elif isinstance(spec, list):
+        if not isinstance(value, list):
+            raise ProtocolError(f"field {where} must be a list")
+        for i, item in enumerate(value):
+            _check(item, spec[0], f"{where}[{i}]")
+    else:
+        if not isinstance(value, dict) or set(value) != set(spec):
+            raise ProtocolError(f"field {where} must be a map with exactly {sorted(spec)}")
+        for key, sub in spec.items():
+            _check(value[key], sub, f"{where}.{key}")
+
+
+def validate(kind: str, body: Any) -> dict[str, Any]:
+    """The body if it matches the schema of ``kind``; ProtocolError otherwise."""
+    spec = SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    _check(body, spec, kind)
+    return body
+
+
+def encode_frame(seq: int, kind: str, body: dict[str, Any], max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """One frame: length prefix and msgpack payload; the body is validated first."""
+    validate(kind, body)
+    payload = msgpack.packb({"v": VERSION, "seq": seq, "kind": kind, "body": body}, use_bin_type=True)
+    if len(payload) > max_frame:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds the limit of {max_frame}")
+    return HEADER.pack(len(payload)) + payload
+
+
+def check_length(length: int, max_frame: int) -> None:
+    if length > max_frame:
+        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_frame}")
+    if length == 0:
+        raise ProtocolError("empty frame")
+
+
+def decode_payload(payload: bytes, expected_seq: int) -> tuple[str, dict[str, Any]]:
+    """(kind, body) of a frame payload; checks version, sequence number and schema."""
+    try:
+        frame = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception:
+        raise ProtocolError("malformed frame (not msgpack)") from None
+    if not isinstance(frame, dict) or set(frame) != _FRAME_KEYS:
+        raise ProtocolError("malformed frame (expected v, seq, kind, body)")
+    if frame["v"] != VERSION:
+        raise ProtocolError(f"unsupported protocol version {frame['v']!r} (this side speaks {VERSION})")
+    if type(frame["seq"]) is not int or frame["seq"] != expected_seq:
+        raise ProtocolError(f"out-of-order frame: sequence {frame['seq']!r}, expected {expected_seq}")
+    return frame["kind"], validate(frame["kind"], frame["body"])

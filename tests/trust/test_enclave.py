@@ -1,0 +1,155 @@
+"""The enclave started from the CLI: attests, opens allowed datasets only, survives bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
+import pytest
+
+from twofold.crypto.pme import key_material_name
+from twofold.enclave.measure import PACKAGE_ROOT
+from twofold.errors import AttestationError, IntegrityError, ProtocolError, ServiceError
+from twofold.trust.enclave_client import EnclaveClient
+from twofold.trust.services import start_enclave
+
+
+def _load(client, dataset, index):
+    entry = dataset.files[index]
+    return client.call("load_partition", dataset_id=dataset.dataset_id, index=index,
+                       data=(dataset.path / entry.name).read_bytes(),
+                       key_material=(dataset.path / key_material_name(entry.name)).read_bytes())
+
+
+def test_enclave_opens_an_allowed_dataset(enclave, datasets):
+    dataset = datasets["allowed"]
+    with EnclaveClient(enclave.address) as client:
+        info = client.call("info")
+        assert info["backend"] == "simulation" and len(info["measurement"]) == 64
+        opened = client.call("open_dataset", manifest=(dataset.path / "manifest.json").read_bytes())
+        assert opened == {"dataset_id": dataset.dataset_id, "num_files": 2, "num_rows": 4}
+        assert [_load(client, dataset, i)["rows"] for i in range(2)] == [2, 2]
+        assert client.call("partition_cached", dataset_id=dataset.dataset_id, index=1) == {"cached": True}
+        assert client.call("info")["cache"]["partitions"] == 2
+        assert client.call("close_dataset", dataset_id=dataset.dataset_id) == {"evicted": 2}
+    log = enclave.log_text()
+    assert "SIMULATION" in log and "SECRETVALUE" not in log
+
+
+def test_enclave_is_denied_a_dataset_outside_its_policy(enclave, broker, datasets):
+    with EnclaveClient(enclave.address) as client, pytest.raises(AttestationError, match="not allowed"):
+        client.call("open_dataset", manifest=(datasets["other"].path / "manifest.json").read_bytes())
+    assert any(d["dataset"] == datasets["other"].dataset_id for d in broker.denials())
+
+
+def test_tampered_partition_is_an_integrity_error(enclave, datasets):
+    dataset = datasets["allowed"]
+    with EnclaveClient(enclave.address) as client:
+        client.call("open_dataset", manifest=(dataset.path / "manifest.json").read_bytes())
+        data = bytearray((dataset.path / dataset.files[0].name).read_bytes())
+        data[100] ^= 1
+        with pytest.raises(IntegrityError):
+            client.call("load_partition", dataset_id=dataset.dataset_id, index=0, data=bytes(data),
+                        key_material=(dataset.path / key_material_name(dataset.files[0].name)).read_bytes())
+        swapped = (dataset.path / dataset.files[1].name).read_bytes()
+        with pytest.raises(IntegrityError):
+            client.call("load_partition", dataset_id=dataset.dataset_id, index=0, data=swapped,
+                        key_material=(dataset.path / key_material_name(dataset.files[1].name)).read_bytes())
+
+
+def test_modified_trusted_code_is_denied(broker, tmp_path):
+    copy = tmp_path / "patched"
+    shutil.copytree(PACKAGE_ROOT, copy / "twofold", ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "twofold" / "enclave" / "cache.py"
+    target.write_text(target.read_text() + "\n# a backdoor would go here\n")
+    env = {"PYTHONPATH": str(copy), "TWOFOLD_PASSPHRASE": "", "HOME": os.environ.get("HOME", "/tmp")}
+    with pytest.raises(ServiceError, match="not allowed by the policy"):
+        start_enclave(tmp_path / "patched.sock", broker.url, env=env, log_path=tmp_path / "patched.log")
+    assert any("not allowed by the policy" in d["reason"] for d in broker.denials())
+
+
+def test_enclave_survives_kbs_restart(enclave, broker, datasets):
+    dataset = datasets["allowed"]
+    port = broker.port
+    with EnclaveClient(enclave.address) as client:
+        client.call("open_dataset", manifest=(dataset.path / "manifest.json").read_bytes())
+        broker.process.stop()
+        broker.start(port=port)
+        client.call("open_dataset", manifest=(dataset.path / "manifest.json").read_bytes())
+        assert _load(client, dataset, 0)["rows"] == 2
+        assert client.call("info")["attestations"] == 2
+
+
+def _raw_exchange(path, payload: bytes) -> dict | None:
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(10)
+        raw.connect(str(path))
+        raw.sendall(payload)
+        header = raw.recv(4)
+        if len(header) < 4:
+            return None
+        (length,) = struct.unpack(">I", header)
+        body = b""
+        while len(body) < length:
+            body += raw.recv(length - len(body))
+        return msgpack.unpackb(body)
+
+
+def _frame(message) -> bytes:
+    payload = msgpack.packb(message) if not isinstance(message, bytes) else message
+    return struct.pack(">I", len(payload)) + payload
+
+
+@pytest.mark.parametrize("payload", [
+    _frame(b"\xc1\xc1 not msgpack"),
+    _frame([1, 2, 3]),
+    _frame({"v": 99, "id": 1, "call": "info", "args": {}}),
+    _frame({"v": 1, "id": 1, "call": "no_such_call", "args": {}}),
+    _frame({"v": 1, "id": 1, "call": "open_dataset", "args": {"manifest": "not bytes"}}),
+    _frame({"v": 1, "id": 1, "call": "open_dataset", "args": {}}),
+    _frame({"v": 1, "id": 1, "call": "info", "args": {"extra": 1}}),
+    _frame({"v": 1, "id": 1, "call": "load_partition", "args": {"dataset_id": "ds-x", "index": "0", "data": b"",
+                                                                "key_material": b""}}),
+    _frame({"v": 1, "id": 1, "call": "open_dataset", "args": {"manifest": b"{not json"}}),
+    struct.pack(">I", 0xFFFFFFFF) + b"x",
+])
+def test_malformed_ecalls_are_rejected_without_crashing(enclave, payload):
+    reply = _raw_exchange(enclave.address, payload)
+    if reply is not None:
+        assert reply["ok"] is False and reply["error"]["type"] in {"ProtocolError", "InputError"}, reply
+    with EnclaveClient(enclave.address) as client:
+        assert client.call("info")["backend"] == "simulation"
+    assert enclave.alive()
+
+
+def test_client_maps_errors_to_types(enclave):
+    with EnclaveClient(enclave.address) as client, pytest.raises(ProtocolError, match="unknown ecall"):
+        client.call("nope")
+
+
+def test_concurrent_clients_are_served_correctly(enclave, datasets):
+    dataset = datasets["allowed"]
+    manifest = (dataset.path / "manifest.json").read_bytes()
+
+    def worker(i):
+        with EnclaveClient(enclave.address) as client:
+            client.call("open_dataset", manifest=manifest)
+            return [_load(client, dataset, (i + k) % 2)["rows"] for k in range(4)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(worker, range(16))) == [[2, 2, 2, 2]] * 16
+
+
+def test_enclave_start_fails_cleanly_without_a_broker(home, tmp_path):
+    with pytest.raises(ServiceError, match="unreachable"):
+        start_enclave(tmp_path / "x.sock", "http://127.0.0.1:9", log_path=tmp_path / "x.log")
+
+
+def test_enclave_never_receives_the_passphrase(enclave):
+    with open(f"/proc/{enclave.pid}/environ", "rb") as handle:
+        environ = handle.read().split(b"\0")
+    assert not any(e.startswith(b"TWOFOLD_PASSPHRASE=") and len(e) > len(b"TWOFOLD_PASSPHRASE=") for e in environ)
