@@ -27,7 +27,7 @@ PASSPHRASE = "benchmark passphrase"
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run(attestations: int = 300, concurrency: int = 8) -> dict[str, Any]:

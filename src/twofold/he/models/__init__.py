@@ -1,0 +1,1 @@
+"""Privacy-preserving models trained and served by MU and SU."""
