@@ -11,6 +11,7 @@ from twofold import __version__
 from twofold.cli.bench import bench
 from twofold.cli.datasets import decrypt, encrypt, inspect_cmd, verify
 from twofold.cli.demo import demo
+from twofold.cli.he import he
 from twofold.cli.keys import keys
 from twofold.cli.trust import enclave, kbs, policy, tcb
 from twofold.errors import TwofoldError
@@ -23,6 +24,7 @@ def cli(debug: bool) -> None:
     """twofold: train and serve models on infrastructure you do not trust."""
 
 
+cli.add_command(he)
 for command in (keys, encrypt, inspect_cmd, verify, decrypt, tcb, kbs, enclave, policy, bench, demo):
     cli.add_command(command)
 

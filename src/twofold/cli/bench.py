@@ -46,3 +46,8 @@ def bench_kbs(attestations: int, concurrency: int, json_path: Path | None) -> No
     info(f"simulation backend: median {result['median_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms "
          f"(target <= 50), {result['grants_per_s']:.0f} grants/s (target >= 100)")
     write_json(json_path, result)
+
+
+from twofold.cli.he import bench_he  # noqa: E402
+
+bench.add_command(bench_he, "he")

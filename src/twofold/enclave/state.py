@@ -22,6 +22,7 @@ class OpenedDataset:
 
     body: dict[str, Any]
     pme: PmeSession
+    mac_key: bytes
 
     @property
     def dataset_id(self) -> str:
@@ -35,6 +36,7 @@ class EnclaveState:
     broker: BrokerSession
     cache: PartitionCache
     datasets: dict[str, OpenedDataset] = field(default_factory=dict)
+    derived: PartitionCache | None = None  # kernel working sets (feature matrices), same budget as the cache
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open_dataset(self, manifest_bytes: bytes) -> OpenedDataset:
@@ -42,7 +44,7 @@ class EnclaveState:
         dataset_id = str(doc["manifest"].get("dataset_id", ""))
         mac_key = self.broker.unwrap(str(doc["keys"].get("mac_key", "")), mf.mac_context(dataset_id))
         body = mf.authenticate(doc, mac_key)
-        opened = OpenedDataset(body, PmeSession(self.broker, dataset_id))
+        opened = OpenedDataset(body, PmeSession(self.broker, dataset_id), mac_key)
         with self.lock:
             self.datasets[dataset_id] = opened
         return opened

@@ -1,1 +1,3 @@
-"""Per-algorithm kernels; importing this package registers their ecalls."""
+"""Per-algorithm kernels; importing this package registers the algorithms and their ecalls."""
+
+from twofold.enclave.kernels import bayes, clustering, ecalls, glm  # noqa: F401

@@ -1,0 +1,228 @@
+"""``twofold bench he``: MU and SU as separate TLS server processes on loopback, every number measured.
+
+Steps: split the dataset (70/30, stratified, seed 0), give each half of the training split to its own data
+owner, fit the public binning on the training split, start SU and MU with ``python -m twofold he serve``, let
+the owners encrypt and upload, train, then query with encrypted queries. Times are wall-clock at the caller;
+bytes are counted by the transport (MU's links). ``plaintext_accuracy`` is scikit-learn's CategoricalNB on the
+same binning and split. A python-paillier (``phe``) primitive comparison runs at the same key size.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twofold.bench.common import machine, timed
+from twofold.errors import ConfigError, InputError, ServiceError
+
+IMPLEMENTED = ("nb",)
+
+
+def load_dataset(name: str, label: str | None) -> tuple[list[str], list[list[float]], list[str]]:
+    if name.startswith("csv:"):
+        from twofold.he.client import read_table
+
+        if not label:
+            raise ConfigError("csv: datasets need --label")
+        return read_table(Path(name[4:]), label)
+    from sklearn import datasets
+
+    loaders = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine,
+               "digits": datasets.load_digits}
+    if name not in loaders:
+        raise ConfigError(f"unknown dataset {name!r}: use breast_cancer, wine, digits or csv:PATH")
+    data = loaders[name]()
+    features = [f"f{i}" for i in range(data.data.shape[1])]
+    return features, data.data.tolist(), [str(int(y)) for y in data.target]
+
+
+def _write_csv(path: Path, features: list[str], rows: list[list[float]], labels: list[str], label: str) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*features, label])
+        for row, y in zip(rows, labels, strict=True):
+            writer.writerow([*row, y])
+
+
+class Servers:
+    """SU and MU started through the CLI as child processes; stopped by the PIDs started."""
+
+    def __init__(self, system: Path, pool: int = 0) -> None:
+        self.system = system
+        self.procs: list[subprocess.Popen] = []
+        self.pool = pool
+
+    def _start(self, role: str, extra: list[str]) -> int:
+        ready = self.system / f"{role}.port"
+        ready.unlink(missing_ok=True)
+        log = open(self.system / f"{role}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, "-m", "twofold", "he", "serve", "--role", role, "--system",
+                                 str(self.system), "--port", "0", "--ready-file", str(ready), "--pool",
+                                 str(self.pool), *extra], stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(f"{role} did not start; see {self.system / f'{role}.log'}")
+            time.sleep(0.05)
+        return int(ready.read_text())
+
+    def start(self) -> str:
+        su_port = self._start("su", [])
+        mu_port = self._start("mu", ["--su", f"127.0.0.1:{su_port}"])
+        return f"127.0.0.1:{mu_port}"
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+def _plaintext_nb(schema: Any, xtr: list, ytr: list, xte: list, yte: list) -> float:
+    import numpy as np
+    from sklearn.naive_bayes import CategoricalNB
+
+    classes = schema.classes
+    counts = [sum(1 for y in ytr if y == c) for c in classes]
+    prior = [(n + 1) / (len(ytr) + len(classes)) for n in counts]
+    model = CategoricalNB(alpha=1.0, min_categories=schema.bins, class_prior=prior)
+    model.fit(np.array([schema.bin_row(r) for r in xtr]), np.array([schema.class_index(y) for y in ytr]))
+    pred = model.predict(np.array([schema.bin_row(r) for r in xte]))
+    return float(np.mean(pred == np.array([schema.class_index(y) for y in yte])))
+
+
+def phe_comparison(key_bits: int, ops: int = 10) -> dict[str, Any]:
+    """Per-operation milliseconds of python-paillier and of DT-PKC at the same modulus size."""
+    import secrets
+
+    from twofold.crypto import dtpkc
+    from twofold.he.randomness import PairPool
+
+    out: dict[str, Any] = {"key_bits": key_bits, "ops": ops}
+    try:
+        from phe import paillier
+    except ImportError:
+        out["phe"] = "not installed"
+        return out
+
+    def per_op(fn: Callable[[], Any]) -> float:
+        return timed(lambda: [fn() for _ in range(ops)])[0] / ops * 1000
+
+    pub, priv = paillier.generate_paillier_keypair(n_length=key_bits)
+    c = pub.encrypt(123456789)
+    out["phe_ms"] = {"encrypt": per_op(lambda: pub.encrypt(secrets.randbelow(2**60))),
+                     "decrypt": per_op(lambda: priv.decrypt(c)), "add": per_op(lambda: c + c),
+                     "scalar_mul_64bit": per_op(lambda: c * secrets.randbelow(2**64))}
+    params, strong = dtpkc.generate_params(key_bits)
+    s1, s2 = dtpkc.split_strong_key(strong)
+    user = dtpkc.generate_user_key(params)
+    ct = dtpkc.encrypt(user.public, 123456789)
+    pool = PairPool(user.public)
+    refill = per_op(lambda: pool.refill(1))
+    part = dtpkc.partial_decrypt1(s1, ct)
+    out["dtpkc_ms"] = {"encrypt": per_op(lambda: dtpkc.encrypt(user.public, secrets.randbelow(2**60))),
+                       "pool_pair_offline": refill,
+                       "encrypt_from_pool": per_op(lambda: pool.encrypt(secrets.randbelow(2**60))),
+                       "weak_decrypt": per_op(lambda: dtpkc.weak_decrypt(user.secret, ct)),
+                       "strong_decrypt_crt": per_op(lambda: dtpkc.strong_decrypt(strong, ct)),
+                       "psdec1": per_op(lambda: dtpkc.partial_decrypt1(s1, ct)),
+                       "psdec2": per_op(lambda: dtpkc.partial_decrypt2(s2, ct, part)),
+                       "add": per_op(lambda: dtpkc.add(params, ct, ct)),
+                       "scalar_mul_64bit": per_op(lambda: dtpkc.scalar_mul(params, ct, secrets.randbelow(2**64)))}
+    return out
+
+
+def run(dataset: str, label: str | None, algorithms: list[str], key_bits: int, *, bins: int = 5,
+        max_queries: int | None = None, latency_queries: int = 3, pool: int = 0,
+        log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the benchmark and return the JSON document."""
+    from sklearn.model_selection import train_test_split
+
+    from twofold.he.client import Party
+    from twofold.he.keys import enroll, init_system
+    from twofold.he.models.nb import fit_schema
+
+    unknown = [a for a in algorithms if a not in ("nb", "dt", "lr")]
+    if unknown:
+        raise ConfigError(f"unknown algorithm(s): {', '.join(unknown)}")
+    features, rows, labels = load_dataset(dataset, label)
+    label = label or "label"
+    xtr, xte, ytr, yte = train_test_split(rows, labels, test_size=0.3, random_state=0, stratify=labels)
+    results: list[dict[str, Any]] = []
+    skipped = [a for a in algorithms if a not in IMPLEMENTED]
+    with tempfile.TemporaryDirectory(prefix="twofold-bench-he-") as tmp:
+        root = Path(tmp) / "system"
+        info = init_system(root, key_bits, allow_insecure=key_bits < 2048)
+        half = len(xtr) // 2
+        owners = [("owner-a", xtr[:half], ytr[:half]), ("owner-b", xtr[half:], ytr[half:])]
+        for name, part_x, part_y in owners:
+            enroll(info, name, "owner")
+            _write_csv(Path(tmp) / f"{name}.csv", features, part_x, part_y, label)
+        enroll(info, "client", "client")
+        schema = fit_schema(features, label, xtr, ytr, bins)
+        (info.public / "schema.json").write_text(schema.to_json() + "\n")
+        servers = Servers(root, pool)
+        try:
+            mu = servers.start()
+            for algorithm in [a for a in algorithms if a in IMPLEMENTED]:
+                log(f"{algorithm}: owners encrypt and upload {len(xtr)} records")
+                owner_seconds, owner_bytes = 0.0, 0
+                for name, _, _ in owners:
+                    party = Party(info, name, mu)
+                    seconds, _ = timed(lambda p=party, n=name: p.upload(Path(tmp) / f"{n}.csv", label))
+                    owner_seconds += seconds
+                    owner_bytes += party.stats.sent + party.stats.received
+                log(f"{algorithm}: training")
+                admin = Party(info, "admin", mu)
+                train_seconds, trained = timed(lambda: admin.request("train", {"model": algorithm, "chunk": 256}))
+                client = Party(info, "client", mu)
+                queries = xte if max_queries is None else xte[:max_queries]
+                truth = yte[: len(queries)]
+                log(f"{algorithm}: {latency_queries} single queries, then {len(queries)} in batches")
+                latencies = [timed(lambda r=r: client.predict([r], model=algorithm))[0]
+                             for r in queries[:latency_queries]]
+                batch_seconds, predicted = timed(lambda: client.predict(queries, model=algorithm, batch=16))
+                accuracy = sum(p == y for p, y in zip(predicted, truth, strict=True)) / len(truth)
+                results.append({
+                    "algorithm": algorithm,
+                    "owner_encrypt_seconds": owner_seconds,
+                    "train_seconds": train_seconds,
+                    "train_seconds_at_mu": trained["seconds"],
+                    "infer_seconds_per_query": statistics.median(latencies),
+                    "batch_queries_per_s": len(queries) / batch_seconds,
+                    "bytes_mu_su": trained["bytes_mu_su"],
+                    "bytes_owner_mu": owner_bytes,
+                    "bytes_client_mu": client.stats.sent + client.stats.received,
+                    "queries": len(queries),
+                    "accuracy": accuracy,
+                    "plaintext_accuracy": _plaintext_nb(schema, xtr, ytr, queries, truth),
+                    "plaintext_accuracy_full_test": _plaintext_nb(schema, xtr, ytr, xte, yte),
+                    "records": len(xtr),
+                    "owners": len(owners),
+                })
+            status = Party(info, "admin", mu).request("status", {})
+        finally:
+            servers.stop()
+    if not results and skipped:
+        raise InputError(f"not implemented yet: {', '.join(skipped)} (implemented: {', '.join(IMPLEMENTED)})")
+    log("phe comparison")
+    return {"benchmark": "he", "dataset": dataset, "key_bits": key_bits, "bins": bins,
+            "split": {"train": len(xtr), "test": len(xte), "test_size": 0.3, "random_state": 0},
+            "results": results, "not_implemented": skipped, "links": status["links"],
+            "phe": phe_comparison(key_bits), "machine": machine(), "cpus": os.cpu_count()}

@@ -1,0 +1,191 @@
+"""``twofold he``: the two-server homomorphic learning service (MU and SU), its parties, and ``bench he``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from twofold.cli.common import info, progress_bar
+
+system_option = click.option("--system", "system_dir", required=True,
+                             type=click.Path(file_okay=False, path_type=Path), help="The HE system directory.")
+mu_option = click.option("--mu", "mu_address", default="127.0.0.1:7700", show_default=True,
+                         help="MU address HOST:PORT.")
+
+
+def _open(system_dir: Path):  # noqa: ANN202
+    from twofold.he.keys import load_system
+
+    system = load_system(system_dir)
+    if system.warning():
+        info(system.warning())
+    return system
+
+
+@click.group()
+def he() -> None:
+    """Two-server homomorphic learning over DT-PKC (Priv-NB)."""
+
+
+@he.command("init")
+@click.option("--dir", "system_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--key-bits", type=int, default=2048, show_default=True, help="Bits of the DT-PKC modulus N.")
+@click.option("--insecure-small-keys", is_flag=True, help="Allow keys below 2048 bits (tests only; insecure).")
+def init(system_dir: Path, key_bits: int, insecure_small_keys: bool) -> None:
+    """Create the system keys, the MU and SU key shares, the CA and the servers' certificates."""
+    from twofold.he.keys import init_system
+
+    system = init_system(system_dir, key_bits, allow_insecure=insecure_small_keys)
+    if system.warning():
+        info(system.warning())
+    info(f"created HE system in {system_dir} ({key_bits}-bit N); MU share in mu/, SU share in su/, admin enrolled")
+
+
+@he.command("enroll")
+@system_option
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice(["owner", "client", "admin"]), required=True)
+def enroll_cmd(system_dir: Path, name: str, role: str) -> None:
+    """Give a data owner, client or operator its own DT-PKC key pair and a TLS certificate from the CA."""
+    from twofold.he.keys import enroll
+
+    path = enroll(_open(system_dir), name, role)
+    info(f"enrolled {role} {name} in {path}")
+
+
+@he.command("schema")
+@system_option
+@click.argument("data", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--label", required=True, help="Label column.")
+@click.option("--bins", type=click.IntRange(2, 255), default=5, show_default=True)
+def schema_cmd(system_dir: Path, data: Path, label: str, bins: int) -> None:
+    """Write the public binning (equal-frequency edges of DATA) that owners, clients and MU share."""
+    from twofold.he.client import read_table
+    from twofold.he.models.nb import fit_schema
+
+    system = _open(system_dir)
+    features, rows, labels = read_table(data, label)
+    schema = fit_schema(features, label, rows, labels, bins)
+    (system.public / "schema.json").write_text(schema.to_json() + "\n")
+    info(f"schema: {len(features)} features x {bins} bins, classes {', '.join(schema.classes)}")
+
+
+@he.command("serve")
+@click.option("--role", type=click.Choice(["mu", "su"]), required=True)
+@system_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), required=True)
+@click.option("--su", "su_address", default=None, help="SU address HOST:PORT (MU only).")
+@click.option("--state", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="MU state directory (default SYSTEM/mu-state).")
+@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option("--pool", type=click.IntRange(0), default=0, show_default=True,
+              help="Encryption pairs to keep precomputed by a background process.")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the listening port here once ready.")
+@click.option("--exit-after", type=int, default=None, hidden=True, help="Fault injection: SU exits after N requests.")
+def serve(role: str, system_dir: Path, host: str, port: int, su_address: str | None, state: Path | None,
+          threads: int, pool: int, ready_file: Path | None, exit_after: int | None) -> None:
+    """Run MU or SU until interrupted."""
+    from twofold.he.server import run
+
+    run(role, _open(system_dir), host, port, su_address=su_address, state=state, threads=threads, pool=pool,
+        ready_file=ready_file, exit_after=exit_after)
+
+
+@he.command("upload")
+@system_option
+@mu_option
+@click.option("--owner", required=True, help="Enrolled owner name.")
+@click.argument("data", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--label", required=True)
+@click.option("--chunk-records", type=click.IntRange(1), default=64, show_default=True)
+def upload(system_dir: Path, mu_address: str, owner: str, data: Path, label: str, chunk_records: int) -> None:
+    """Encrypt DATA's records under the owner's key and upload them to MU."""
+    from twofold.he.client import Party
+
+    party = Party(_open(system_dir), owner, mu_address)
+    with progress_bar("encrypting and uploading", None) as advance:
+        result = party.upload(data, label, chunk_records=chunk_records, progress=advance)
+    info(f"uploaded; {owner} now has {result['records']} records in {result['chunks']} chunks "
+         f"({party.stats.sent} bytes sent)")
+
+
+@he.command("train")
+@system_option
+@mu_option
+@click.option("--model", type=click.Choice(["nb"]), default="nb", show_default=True)
+@click.option("--admin", default="admin", show_default=True)
+@click.option("--chunk", type=click.IntRange(1), default=256, show_default=True, help="Table entries per SU round.")
+def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int) -> None:
+    """Ask MU to train (or resume training) a model over all uploaded data."""
+    from twofold.he.client import Party
+
+    result = Party(_open(system_dir), admin, mu_address).request("train", {"model": model, "chunk": chunk})
+    info(f"trained {model} on {result['records']} records from {result['owners']} owner(s) in "
+         f"{result['seconds']:.2f} s{' (resumed)' if result['resumed'] else ''}; MU-SU {result['bytes_mu_su']} bytes")
+
+
+@he.command("predict")
+@system_option
+@mu_option
+@click.option("--client", "client_name", required=True, help="Enrolled client name.")
+@click.option("--model", type=click.Choice(["nb"]), default="nb", show_default=True)
+@click.argument("data", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--label", default=None, help="If given, report accuracy against this column.")
+@click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
+def predict(system_dir: Path, mu_address: str, client_name: str, model: str, data: Path, label: str | None,
+            batch: int) -> None:
+    """Classify DATA's rows with encrypted queries; print one predicted class per line."""
+    from twofold.he.client import Party, read_csv
+    from twofold.he.mu import load_schema
+
+    system = _open(system_dir)
+    schema = load_schema(system)
+    rows, labels = read_csv(data, schema.features, label)
+    party = Party(system, client_name, mu_address)
+    with progress_bar("querying", len(rows)) as advance:
+        predictions = party.predict(rows, model=model, batch=batch, progress=advance)
+    for p in predictions:
+        click.echo(p)
+    if labels is not None:
+        acc = sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
+        info(f"accuracy {acc:.4f} on {len(labels)} rows")
+
+
+@he.command("status")
+@system_option
+@mu_option
+@click.option("--admin", default="admin", show_default=True)
+def status(system_dir: Path, mu_address: str, admin: str) -> None:
+    """Show MU's owners, models, link byte counters and training progress."""
+    import json
+
+    from twofold.he.client import Party
+
+    result = Party(_open(system_dir), admin, mu_address).request("status", {})
+    click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@click.command("he")
+@click.option("--dataset", default="breast_cancer", show_default=True,
+              help="breast_cancer, wine, digits or csv:PATH.")
+@click.option("--label", default=None, help="Label column for csv: datasets.")
+@click.option("--algorithms", default="nb", show_default=True, help="Comma-separated; implemented: nb.")
+@click.option("--key-bits", type=int, default=2048, show_default=True)
+@click.option("--bins", type=click.IntRange(2, 255), default=5, show_default=True)
+@click.option("--max-queries", type=click.IntRange(1), default=None, help="Encrypted queries (default: whole test split).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def bench_he(dataset: str, label: str | None, algorithms: str, key_bits: int, bins: int, max_queries: int | None,
+             json_path: Path | None) -> None:
+    """MU and SU as separate TLS server processes on loopback: measured times, bytes and accuracy."""
+    from twofold.bench import he as bench
+    from twofold.bench.common import write_json
+
+    result = bench.run(dataset, label, [a.strip() for a in algorithms.split(",") if a.strip()], key_bits, bins=bins,
+                       max_queries=max_queries, log=info)
+    for row in result["results"]:
+        info(f"{row['algorithm']}: train {row['train_seconds']:.2f} s, infer {row['infer_seconds_per_query']:.3f} "
+             f"s/query, accuracy {row['accuracy']:.4f} (plaintext {row['plaintext_accuracy']:.4f})")
+    write_json(json_path, result)

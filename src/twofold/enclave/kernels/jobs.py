@@ -1,0 +1,50 @@
+"""Keys of a job and of a model, derived inside enclaves from a dataset's MAC key.
+
+Only attested enclaves (through the key broker) and the owner (through her keystore) can unwrap a dataset's
+MAC key, so only they can derive these keys: the untrusted side sees sealed bytes only. Associated data binds
+every sealed blob to its job, iteration and partition, so blobs cannot be replayed, reordered or swapped.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from twofold.crypto import aead
+
+
+def derive(mac_key: bytes, purpose: str, ident: str) -> bytes:
+    return HKDF(algorithm=SHA256(), length=32, salt=None,
+                info=f"twofold-{purpose}-v1|{ident}".encode()).derive(mac_key)
+
+
+def job_key(mac_key: bytes, job: str) -> bytes:
+    return derive(mac_key, "job", job)
+
+
+def model_key(mac_key: bytes, model_id: str) -> bytes:
+    return derive(mac_key, "model", model_id)
+
+
+def stats_aad(job: str, iteration: int, index: int) -> bytes:
+    return f"stats|{job}|{iteration}|{index}".encode()
+
+
+def state_aad(job: str, iteration: int) -> bytes:
+    return f"state|{job}|{iteration}".encode()
+
+
+def predictions_aad(job: str, index: int) -> bytes:
+    return f"predictions|{job}|{index}".encode()
+
+
+def model_aad(model_id: str, algorithm: str) -> bytes:
+    return f"model|{model_id}|{algorithm}".encode()
+
+
+def seal(key: bytes, data: bytes, aad: bytes) -> bytes:
+    return aead.seal(key, data, aad)
+
+
+def open_(key: bytes, data: bytes, aad: bytes) -> bytes:
+    return aead.open_sealed(key, data, aad)

@@ -1,0 +1,244 @@
+"""MU, the master computation unit: stores encrypted uploads and models, drives training and inference.
+
+MU holds the strong-key share lambda1 only; it reaches SU over its own mutually authenticated TLS link. Its
+state directory holds the owners' encrypted count aggregates, trained (encrypted) models and the training
+checkpoint, each as a msgpack file written atomically with mode 0600.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from twofold.crypto import dtpkc
+from twofold.errors import ConfigError, InputError, KeyAccessError, ProtocolError, ServiceError
+from twofold.fsutil import make_private_dir, write_private
+from twofold.he import codec
+from twofold.he.blocks import Blocks
+from twofold.he.keys import SystemInfo, check_name
+from twofold.he.models import nb
+from twofold.he.randomness import PairPool
+from twofold.he.transport import Channel, LinkStats, client_context, connect
+
+log = logging.getLogger("twofold.he")
+MODELS = ("nb",)
+
+
+def load_schema(info: SystemInfo) -> nb.Schema:
+    path = info.public / "schema.json"
+    if not path.exists():
+        raise ConfigError(f"no public schema at {path}: run `twofold he schema` first")
+    import json
+
+    return nb.Schema.from_dict(json.loads(path.read_text()))
+
+
+class _FileCheckpoint(nb.Checkpoint):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        return msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=False)
+
+    def save(self, doc: dict[str, Any]) -> None:
+        write_private(self.path, msgpack.packb(doc, use_bin_type=True))
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class MasterUnit:
+    """The MU request handler (transport independent); ``su_factory`` opens a link to SU."""
+
+    def __init__(self, info: SystemInfo, state: Path, su_address: str | None, *, threads: int = 2,
+                 pool_target: int = 0, su_factory: Any = None) -> None:
+        self.info = info
+        self.params = info.params()
+        self.share = info.share("mu", self.params)
+        self.system_pk = info.system_key(self.params)
+        self.state = make_private_dir(Path(state))
+        for sub in ("owners", "models", "checkpoints"):
+            make_private_dir(self.state / sub)
+        self.threads = threads
+        self.system_pool = PairPool(self.system_pk)
+        if pool_target:
+            self.system_pool.start_background(pool_target)
+        self.su_address = su_address
+        self.su_stats = LinkStats()
+        self._su_factory = su_factory
+        self._su: Channel | None = None
+        self._su_lock = threading.Lock()
+        self._train_lock = threading.Lock()
+        self._upload_lock = threading.Lock()
+        self._models: dict[str, dict[str, Any]] = {}
+        self.link_stats: dict[str, LinkStats] = {}
+        self.progress: dict[str, Any] = {}
+        self._handlers = {"hello": (self._hello, ("owner", "client", "admin")),
+                          "upload": (self._upload, ("owner",)), "train": (self._train, ("admin",)),
+                          "status": (self._status, ("admin",)), "predict": (self._predict, ("client",))}
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    def handle(self, kind: str, body: dict[str, Any], peer: tuple[str, str]) -> tuple[str, dict[str, Any]]:
+        entry = self._handlers.get(kind)
+        if entry is None:
+            raise ProtocolError(f"MU does not serve {kind!r}")
+        fn, roles = entry
+        if peer[0] not in roles:
+            raise KeyAccessError(f"a {peer[0]} may not send {kind}")
+        return "ok", {"result": fn(body, peer)}
+
+    def _link(self) -> Channel:
+        with self._su_lock:
+            if self._su is None:
+                if self._su_factory is not None:
+                    self._su = self._su_factory()
+                else:
+                    if not self.su_address:
+                        raise ConfigError("MU was started without --su")
+                    cert, key = self.info.tls_files("mu")
+                    ctx = client_context(self.info.ca_pem, cert, key)
+                    self._su = connect(self.su_address, ctx, "su", stats=[self.su_stats])
+            return self._su
+
+    def _drop_link(self) -> None:
+        with self._su_lock:
+            if self._su is not None:
+                self._su.close()
+            self._su = None
+
+    def blocks(self) -> Blocks:
+        return Blocks(self._link(), self.share, self.system_pool, threads=self.threads)
+
+    def _registered_key(self, name: str, role: str, key: bytes) -> dtpkc.PublicKey:
+        entry = self.info.registry().get(name)
+        if entry is None or entry["role"] != role or bytes.fromhex(entry["pk"]) != key:
+            raise KeyAccessError("ciphertexts are under a key that is not registered to this party")
+        return dtpkc.public_key_from_bytes(self.params, key)
+
+    def _owner_path(self, name: str) -> Path:
+        return self.state / "owners" / f"{check_name(name)}.msgpack"
+
+    def _load(self, path: Path) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        return msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+
+    def _save(self, path: Path, doc: dict[str, Any]) -> None:
+        write_private(path, msgpack.packb(doc, use_bin_type=True))
+
+    def model(self, name: str) -> dict[str, Any]:
+        if name not in self._models:
+            doc = self._load(self.state / "models" / f"{name}.msgpack")
+            if doc is None:
+                raise InputError(f"model {name!r} is not trained yet: run `twofold he train --model {name}`")
+            self._models[name] = doc
+        return self._models[name]
+
+    # ------------------------------------------------------------------------------------------- handlers
+
+    def _hello(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
+        if body["version"] != 1:
+            raise ProtocolError(f"unsupported client version {body['version']}")
+        return {"role": "mu", "bits": self.params.bits, "you": f"{peer[0]}:{peer[1]}"}
+
+    def _upload(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
+        if body["model"] not in MODELS:
+            raise InputError(f"unknown model {body['model']!r}")
+        pk = self._registered_key(peer[1], "owner", body["key_id"])
+        lay = nb.layout_for(self.params, load_schema(self.info))
+        records = body["records"]
+        if records < 1 or len(body["cts"]) != records * lay.cts_per_record:
+            raise ProtocolError("upload does not hold records x ciphertexts-per-record ciphertexts")
+        cts = codec.cts_from_bytes(self.params, body["cts"])
+        with self._upload_lock:
+            path = self._owner_path(peer[1])
+            doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "agg": None}
+            if doc["key"] != body["key_id"]:
+                raise KeyAccessError("owner key changed since the first upload")
+            if body["chunk"] in doc["chunks"]:
+                raise InputError(f"chunk {body['chunk']!r} was already uploaded")
+            total = sum((self._load(p) or {}).get("records", 0) for p in (self.state / "owners").glob("*.msgpack"))
+            if total + records >= 1 << nb.COUNT_BITS:
+                raise InputError("too many training records for the count layout")
+            agg = codec.cts_from_bytes(self.params, doc["agg"]) if doc["agg"] else None
+            for r in range(records):
+                rec = cts[r * lay.cts_per_record : (r + 1) * lay.cts_per_record]
+                agg = rec if agg is None else [dtpkc.add(self.params, a, b) for a, b in zip(agg, rec, strict=True)]
+            doc["agg"] = [codec.ct_to_bytes(self.params, c) for c in agg]  # type: ignore[union-attr]
+            doc["records"] += records
+            doc["chunks"].append(body["chunk"])
+            self._save(path, doc)
+        return {"records": doc["records"], "chunks": len(doc["chunks"])}
+
+    def _owners(self) -> tuple[list[tuple[dtpkc.PublicKey, list[bytes]]], int]:
+        owners, records = [], 0
+        for path in sorted((self.state / "owners").glob("*.msgpack")):
+            doc = self._load(path)
+            if doc and doc["agg"]:
+                owners.append((dtpkc.public_key_from_bytes(self.params, doc["key"]), doc["agg"]))
+                records += doc["records"]
+        return owners, records
+
+    def _train(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
+        if body["model"] not in MODELS:
+            raise InputError(f"unknown model {body['model']!r}")
+        if not self._train_lock.acquire(blocking=False):
+            raise ServiceError("a training run is already in progress")
+        try:
+            schema = load_schema(self.info)
+            owners, records = self._owners()
+            checkpoint = _FileCheckpoint(self.state / "checkpoints" / f"{body['model']}.msgpack")
+            before = self.su_stats.sent + self.su_stats.received
+            start = time.perf_counter()
+
+            def progress(step: str, done: int, total: int) -> None:
+                self.progress = {"model": body["model"], "step": step, "done": done, "total": total}
+
+            try:
+                model = nb.train(self.blocks(), schema, owners, checkpoint, chunk=body["chunk"] or 256,
+                                 progress=progress)
+            except ServiceError as exc:
+                self._drop_link()
+                done = self.progress.get("done", 0)
+                raise ServiceError(f"SU failed during training ({exc}); progress is saved ({done} of "
+                                   f"{self.progress.get('total', '?')} table entries): rerun train to resume") from None
+            model["records"] = records
+            self._save(self.state / "models" / f"{body['model']}.msgpack", model)
+            self._models[body["model"]] = model
+            return {"model": body["model"], "records": records, "owners": len(owners), "resumed": model["resumed"],
+                    "seconds": time.perf_counter() - start,
+                    "bytes_mu_su": self.su_stats.sent + self.su_stats.received - before}
+        finally:
+            self._train_lock.release()
+
+    def _status(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
+        owners = {}
+        for path in sorted((self.state / "owners").glob("*.msgpack")):
+            doc = self._load(path) or {}
+            owners[path.stem] = doc.get("records", 0)
+        models = sorted(p.stem for p in (self.state / "models").glob("*.msgpack"))
+        links = {role: s.as_dict() for role, s in self.link_stats.items()}
+        links["su"] = self.su_stats.as_dict()
+        return {"owners": owners, "models": models, "links": links, "pool": len(self.system_pool),
+                "progress": dict(self.progress), "bits": self.params.bits}
+
+    def _predict(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
+        if body["model"] not in MODELS:
+            raise InputError(f"unknown model {body['model']!r}")
+        pk = self._registered_key(peer[1], "client", body["key_id"])
+        model = self.model(body["model"])
+        queries = [codec.cts_from_bytes(self.params, q) for q in body["queries"]]
+        try:
+            answers = nb.predict(self.blocks(), model, queries, pk)
+        except ServiceError:
+            self._drop_link()
+            raise
+        return {"answers": [codec.ct_to_bytes(self.params, a) for a in answers]}

@@ -1,0 +1,43 @@
+"""Start MU or SU as a TLS server process (what `twofold he serve` runs)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from twofold.fsutil import write_private
+from twofold.he.keys import SystemInfo
+from twofold.he.mu import MasterUnit
+from twofold.he.su import SecondaryUnit
+from twofold.he.transport import TLSServer, server_context
+
+
+def run(role: str, info: SystemInfo, host: str, port: int, *, su_address: str | None = None,
+        state: Path | None = None, threads: int = 2, pool: int = 0, ready_file: Path | None = None,
+        exit_after: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT. MU never opens su/ and SU never opens mu/."""
+    logging.basicConfig(level=logging.WARNING, format=f"twofold-{role}: %(message)s", stream=sys.stderr)
+    cert, key = info.tls_files(role)
+    ctx = server_context(info.ca_pem, cert, key)
+    if role == "su":
+        params = info.params()
+        unit = SecondaryUnit(info, params, info.share("su", params), info.system_key(params), threads=threads,
+                             exit_after=exit_after)
+        if pool:
+            unit.system_pool.start_background(pool)
+        server = TLSServer(host, port, ctx, unit.handle, ("mu",))
+    else:
+        mu = MasterUnit(info, state or info.root / "mu-state", su_address, threads=threads, pool_target=pool)
+        server = TLSServer(host, port, ctx, mu.handle, ("owner", "client", "admin"), stats=mu.link_stats)
+
+    def stop(signum: int, frame: object) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if ready_file is not None:
+        write_private(Path(ready_file), f"{server.port}\n".encode())
+    print(f"twofold he {role} listening on {host}:{server.port}", flush=True)
+    server.serve_forever()
