@@ -42,12 +42,12 @@ def test_mul(crypto, blocks):
     rng = random.Random(1)
     a = [rng.randrange(-10**6, 10**6) for _ in range(6)]
     b = [rng.randrange(-10**6, 10**6) for _ in range(6)]
-    assert dec(crypto, blocks.mul(enc(crypto, a), enc(crypto, b))) == [x * y for x, y in zip(a, b)]
+    assert dec(crypto, blocks.mul(enc(crypto, a), enc(crypto, b))) == [x * y for x, y in zip(a, b, strict=True)]
 
 
 def test_compare_both_orientations(crypto, blocks):
     pairs = [(5, 3), (3, 5), (4, 4), (-9, 2), (2, -9), (0, 0), (-1, -2)] * 3
-    a, b = zip(*pairs)
+    a, b = zip(*pairs, strict=True)
     out = blocks.compare(enc(crypto, a), enc(crypto, b), bound_bits=8)
     assert dec(crypto, out) == [int(x >= y) for x, y in pairs]
 
@@ -60,7 +60,7 @@ def test_compare_under_client_key(crypto, blocks):
 def test_log(crypto, blocks):
     xs = [1, 2, 3, 10, 1000, 65535]
     out = dec(crypto, blocks.log(enc(crypto, xs), value_bits=17, frac_bits=16))
-    for x, got in zip(xs, out):
+    for x, got in zip(xs, out, strict=True):
         assert abs(got - math.log(x) * 2**16) <= 2
 
 

@@ -24,10 +24,10 @@ def synthetic(n: int, seed: int = 3, classes: int = 2, features: int = 4):
 
 def aggregate(crypto, lay, schema, rows, ys, pk):
     agg = None
-    for row, y in zip(rows, ys):
+    for row, y in zip(rows, ys, strict=True):
         cts = nb.encrypt_record(lambda m: dtpkc.encrypt(pk, m % int(crypto.params.n)), lay, schema.bin_row(row),
                                 schema.class_index(y))
-        agg = cts if agg is None else [dtpkc.add(crypto.params, a, b) for a, b in zip(agg, cts)]
+        agg = cts if agg is None else [dtpkc.add(crypto.params, a, b) for a, b in zip(agg, cts, strict=True)]
     return [codec.ct_to_bytes(crypto.params, c) for c in agg]
 
 
@@ -50,8 +50,8 @@ def test_train_and_predict_match_plaintext(crypto, blocks, data):
     for j in range(lay.features):
         for b in range(lay.bins):
             for rho in range(lay.classes):
-                v = dtpkc.strong_decrypt(crypto.strong, codec.ct_from_bytes(crypto.params,
-                                                                          model["table"][(j * lay.bins + b) * 2 + rho]))
+                entry = model["table"][(j * lay.bins + b) * 2 + rho]
+                v = dtpkc.strong_decrypt(crypto.strong, codec.ct_from_bytes(crypto.params, entry))
                 for c, slot in enumerate(codec.unpack(v, lay.width, lay.classes)):
                     cc = (c + rho) % 2
                     expect = (counts[lay.joint(cc, j, b)] + 1) / (counts[lay.class_count(cc)] + lay.bins)
@@ -61,7 +61,8 @@ def test_train_and_predict_match_plaintext(crypto, blocks, data):
                         expect += math.log((counts[lay.class_count(cc)] + 1) / (len(rows) + 2))
                     assert abs((slot - lay.offset) / 2**16 - expect) < 1e-3
     queries = rows[:12]
-    enc_q = [nb.encrypt_query(lambda m: dtpkc.encrypt(crypto.client.public, m), lay, schema.bin_row(r)) for r in queries]
+    pk = crypto.client.public
+    enc_q = [nb.encrypt_query(lambda m: dtpkc.encrypt(pk, m), lay, schema.bin_row(r)) for r in queries]
     answers = nb.predict(blocks, model, enc_q, crypto.client.public)
     got = [int(dtpkc.weak_decrypt(crypto.client.secret, a)) for a in answers]
     want = []
@@ -82,7 +83,7 @@ def test_three_classes(crypto, blocks):
     got = [int(dtpkc.weak_decrypt(crypto.client.secret, a)) for a in nb.predict(blocks, model, enc_q,
                                                                                crypto.client.public)]
     ref = [nb.reference_scores(schema, counts, schema.bin_row(r)) for r in rows]
-    for g, s in zip(got, ref):
+    for g, s in zip(got, ref, strict=True):
         assert s[g] >= max(s) - 1e-3  # the predicted class is a best class (ties may go either way)
 
 
@@ -114,4 +115,4 @@ def test_resume_after_su_failure(crypto, su, system_pool, data):
     got = [int(dtpkc.weak_decrypt(crypto.client.secret, a)) for a in nb.predict(blk, model, enc_q,
                                                                                crypto.client.public)]
     ref = [nb.reference_scores(schema, counts, schema.bin_row(r)) for r in rows]
-    assert all(s[g] >= max(s) - 1e-3 for g, s in zip(got, ref))
+    assert all(s[g] >= max(s) - 1e-3 for g, s in zip(got, ref, strict=True))

@@ -148,8 +148,68 @@ def phe_comparison(key_bits: int, ops: int = 10) -> dict[str, Any]:
     return out
 
 
+def _wait_for_pools(admin: Any, pool: int, log: Callable[[str], None]) -> float:
+    """The offline phase: wait until MU's and SU's background workers have precomputed their pairs."""
+    start = time.perf_counter()
+    if pool <= 0:
+        return 0.0
+    log(f"offline phase: precomputing {pool} encryption pairs at MU and at SU")
+    while True:
+        status = admin.request("status", {})
+        if status["pool"] >= pool * 0.95 and status["su"].get("pool", 0) >= pool * 0.95:
+            return time.perf_counter() - start
+        if time.perf_counter() - start > 900:
+            raise ServiceError("pools did not fill within 15 minutes")
+        time.sleep(1.0)
+
+
+def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, label: str, schema: Any,
+                   xtr: list, ytr: list, xte: list, yte: list, max_queries: int | None, latency_queries: int,
+                   offline_seconds: float, pool: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Upload, train and query one algorithm against running servers."""
+    from twofold.he.client import Party
+
+    log(f"{algorithm}: owners encrypt and upload {len(xtr)} records")
+    owner_seconds, owner_bytes = 0.0, 0
+    for name, _, _ in owners:
+        party = Party(info, name, mu)
+        seconds, _ = timed(lambda p=party, n=name: p.upload(tmp / f"{n}.csv", label))
+        owner_seconds += seconds
+        owner_bytes += party.stats.sent + party.stats.received
+    log(f"{algorithm}: training")
+    admin = Party(info, "admin", mu)
+    train_seconds, trained = timed(lambda: admin.request("train", {"model": algorithm, "chunk": 256}))
+    client = Party(info, "client", mu)
+    queries = xte if max_queries is None else xte[:max_queries]
+    truth = yte[: len(queries)]
+    log(f"{algorithm}: {latency_queries} single queries, then {len(queries)} in batches")
+    latencies = [timed(lambda r=r: client.predict([r], model=algorithm))[0]
+                 for r in queries[:latency_queries]]
+    batch_seconds, predicted = timed(lambda: client.predict(queries, model=algorithm, batch=16))
+    accuracy = sum(p == y for p, y in zip(predicted, truth, strict=True)) / len(truth)
+    return {
+        "algorithm": algorithm,
+        "owner_encrypt_seconds": owner_seconds,
+        "train_seconds": train_seconds,
+        "train_seconds_at_mu": trained["seconds"],
+        "infer_seconds_per_query": statistics.median(latencies),
+        "batch_queries_per_s": len(queries) / batch_seconds,
+        "bytes_mu_su": trained["bytes_mu_su"],
+        "bytes_owner_mu": owner_bytes,
+        "bytes_client_mu": client.stats.sent + client.stats.received,
+        "queries": len(queries),
+        "accuracy": accuracy,
+        "plaintext_accuracy": _plaintext_nb(schema, xtr, ytr, queries, truth),
+        "plaintext_accuracy_full_test": _plaintext_nb(schema, xtr, ytr, xte, yte),
+        "offline_pool_seconds": offline_seconds,
+        "pool_pairs_target": pool,
+        "records": len(xtr),
+        "owners": len(owners),
+    }
+
+
 def run(dataset: str, label: str | None, algorithms: list[str], key_bits: int, *, bins: int = 5,
-        max_queries: int | None = None, latency_queries: int = 3, pool: int = 0,
+        max_queries: int | None = None, latency_queries: int = 3, pool: int = 1500,
         log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the benchmark and return the JSON document."""
     from sklearn.model_selection import train_test_split
@@ -180,42 +240,10 @@ def run(dataset: str, label: str | None, algorithms: list[str], key_bits: int, *
         servers = Servers(root, pool)
         try:
             mu = servers.start()
+            offline_seconds = _wait_for_pools(Party(info, "admin", mu), pool, log)
             for algorithm in [a for a in algorithms if a in IMPLEMENTED]:
-                log(f"{algorithm}: owners encrypt and upload {len(xtr)} records")
-                owner_seconds, owner_bytes = 0.0, 0
-                for name, _, _ in owners:
-                    party = Party(info, name, mu)
-                    seconds, _ = timed(lambda p=party, n=name: p.upload(Path(tmp) / f"{n}.csv", label))
-                    owner_seconds += seconds
-                    owner_bytes += party.stats.sent + party.stats.received
-                log(f"{algorithm}: training")
-                admin = Party(info, "admin", mu)
-                train_seconds, trained = timed(lambda: admin.request("train", {"model": algorithm, "chunk": 256}))
-                client = Party(info, "client", mu)
-                queries = xte if max_queries is None else xte[:max_queries]
-                truth = yte[: len(queries)]
-                log(f"{algorithm}: {latency_queries} single queries, then {len(queries)} in batches")
-                latencies = [timed(lambda r=r: client.predict([r], model=algorithm))[0]
-                             for r in queries[:latency_queries]]
-                batch_seconds, predicted = timed(lambda: client.predict(queries, model=algorithm, batch=16))
-                accuracy = sum(p == y for p, y in zip(predicted, truth, strict=True)) / len(truth)
-                results.append({
-                    "algorithm": algorithm,
-                    "owner_encrypt_seconds": owner_seconds,
-                    "train_seconds": train_seconds,
-                    "train_seconds_at_mu": trained["seconds"],
-                    "infer_seconds_per_query": statistics.median(latencies),
-                    "batch_queries_per_s": len(queries) / batch_seconds,
-                    "bytes_mu_su": trained["bytes_mu_su"],
-                    "bytes_owner_mu": owner_bytes,
-                    "bytes_client_mu": client.stats.sent + client.stats.received,
-                    "queries": len(queries),
-                    "accuracy": accuracy,
-                    "plaintext_accuracy": _plaintext_nb(schema, xtr, ytr, queries, truth),
-                    "plaintext_accuracy_full_test": _plaintext_nb(schema, xtr, ytr, xte, yte),
-                    "records": len(xtr),
-                    "owners": len(owners),
-                })
+                results.append(_run_algorithm(algorithm, info, mu, owners, Path(tmp), label, schema, xtr, ytr, xte,
+                                              yte, max_queries, latency_queries, offline_seconds, pool, log))
             status = Party(info, "admin", mu).request("status", {})
         finally:
             servers.stop()

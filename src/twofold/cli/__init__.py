@@ -13,6 +13,8 @@ from twofold.cli.datasets import decrypt, encrypt, inspect_cmd, verify
 from twofold.cli.demo import demo
 from twofold.cli.he import he
 from twofold.cli.keys import keys
+from twofold.cli.spark import predict, train
+from twofold.cli.tensors import encrypt_tensors
 from twofold.cli.trust import enclave, kbs, policy, tcb
 from twofold.errors import TwofoldError
 
@@ -24,8 +26,8 @@ def cli(debug: bool) -> None:
     """twofold: train and serve models on infrastructure you do not trust."""
 
 
-cli.add_command(he)
-for command in (keys, encrypt, inspect_cmd, verify, decrypt, tcb, kbs, enclave, policy, bench, demo):
+for command in (keys, encrypt, encrypt_tensors, inspect_cmd, verify, decrypt, tcb, kbs, enclave, policy, train, predict,
+                he, bench, demo):
     cli.add_command(command)
 
 

@@ -14,7 +14,7 @@ mu_option = click.option("--mu", "mu_address", default="127.0.0.1:7700", show_de
                          help="MU address HOST:PORT.")
 
 
-def _open(system_dir: Path):  # noqa: ANN202
+def _open(system_dir: Path):
     from twofold.he.keys import load_system
 
     system = load_system(system_dir)
@@ -175,16 +175,19 @@ def status(system_dir: Path, mu_address: str, admin: str) -> None:
 @click.option("--algorithms", default="nb", show_default=True, help="Comma-separated; implemented: nb.")
 @click.option("--key-bits", type=int, default=2048, show_default=True)
 @click.option("--bins", type=click.IntRange(2, 255), default=5, show_default=True)
-@click.option("--max-queries", type=click.IntRange(1), default=None, help="Encrypted queries (default: whole test split).")
+@click.option("--max-queries", type=click.IntRange(1), default=None,
+              help="Encrypted queries (default: the whole test split).")
+@click.option("--pool", type=click.IntRange(0), default=1500, show_default=True,
+              help="Encryption pairs MU and SU precompute offline before training.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def bench_he(dataset: str, label: str | None, algorithms: str, key_bits: int, bins: int, max_queries: int | None,
-             json_path: Path | None) -> None:
+             pool: int, json_path: Path | None) -> None:
     """MU and SU as separate TLS server processes on loopback: measured times, bytes and accuracy."""
     from twofold.bench import he as bench
     from twofold.bench.common import write_json
 
     result = bench.run(dataset, label, [a.strip() for a in algorithms.split(",") if a.strip()], key_bits, bins=bins,
-                       max_queries=max_queries, log=info)
+                       max_queries=max_queries, pool=pool, log=info)
     for row in result["results"]:
         info(f"{row['algorithm']}: train {row['train_seconds']:.2f} s, infer {row['infer_seconds_per_query']:.3f} "
              f"s/query, accuracy {row['accuracy']:.4f} (plaintext {row['plaintext_accuracy']:.4f})")

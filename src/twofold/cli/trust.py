@@ -105,8 +105,9 @@ def enclave() -> None:
               help="Simulated platform key (default: $TWOFOLD_HOME/simulation/platform-ed25519.pem).")
 @click.option("--cache-mib", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Plaintext partition cache budget.")
+@click.option("--idle-exit", type=click.IntRange(min=1), default=None, help="Exit after this many idle seconds.")
 def enclave_serve(socket_path: Path, kbs_url: str, kbs_ca: Path | None, platform_key: Path | None,
-                  cache_mib: int) -> None:
+                  cache_mib: int, idle_exit: int | None) -> None:
     """Attest to the key broker, then serve ecalls on a Unix socket until terminated."""
     import signal
 
@@ -123,7 +124,7 @@ def enclave_serve(socket_path: Path, kbs_url: str, kbs_ca: Path | None, platform
              f"attested; serving on {socket_path}")
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(state, socket_path, ready))
+        asyncio.run(serve(state, socket_path, ready, idle_exit_s=idle_exit))
 
 
 @enclave.command("platform-key")
@@ -146,7 +147,7 @@ def policy() -> None:
 @click.option("--dataset", "datasets", multiple=True, required=True,
               help="Dataset id (or directory, or '*') the enclave may open; repeatable.")
 @click.option("--measurement", default="current", show_default=True,
-              help="Allowed measurement: 'current' (this installation's TCB) or a SHA-256 hex digest.")
+              help="Allowed measurement: 'current' (partitioned TCB), 'whole', 'both', or SHA-256 hex digests.")
 @click.option("--allow-simulation", is_flag=True, help="Accept simulation evidence (no hardware protection).")
 @click.option("--platform-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Trust this machine's simulated platform key (default location if omitted).")

@@ -100,4 +100,10 @@ def tcb_report() -> TcbReport:
 
 
 def current_measurement() -> str:
+    """The partitioned-mode TCB's measurement (the enclave package and what it imports)."""
     return measure(tcb_files())
+
+
+def whole_measurement() -> str:
+    """Whole mode trusts the entire executor: its measurement covers every twofold file."""
+    return measure(sorted(PACKAGE_ROOT.rglob("*.py"), key=lambda p: p.relative_to(PACKAGE_ROOT).as_posix()))

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,9 +61,18 @@ def dispatch(state: EnclaveState, message: dict[str, Any]) -> dict[str, Any]:
                 "error": {"type": "InternalError", "message": "internal error in the enclave"}}
 
 
-async def _serve_connection(state: EnclaveState, pool: ThreadPoolExecutor, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
+class _Activity:
+    """Open connections and the time of the last ecall, for exiting when idle."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.last = time.monotonic()
+
+
+async def _serve_connection(state: EnclaveState, pool: ThreadPoolExecutor, activity: _Activity,
+                            reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     loop = asyncio.get_running_loop()
+    activity.connections += 1
     try:
         while True:
             try:
@@ -80,23 +90,36 @@ async def _serve_connection(state: EnclaveState, pool: ThreadPoolExecutor, reade
             reply = await loop.run_in_executor(pool, dispatch, state, message)
             writer.write(encode_frame(reply))
             await writer.drain()
+            activity.last = time.monotonic()
     except (ConnectionError, asyncio.IncompleteReadError):
         return
     finally:
+        activity.connections -= 1
+        activity.last = time.monotonic()
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
 
 
-async def serve(state: EnclaveState, socket_path: Path, on_ready: Callable[[], None], workers: int = 4) -> None:
-    """Serve ecalls until SIGTERM/SIGINT; the socket is created with mode 0600 and removed at exit."""
+async def _exit_when_idle(activity: _Activity, idle_exit_s: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await asyncio.sleep(min(1.0, idle_exit_s))
+        if activity.connections == 0 and time.monotonic() - activity.last > idle_exit_s:
+            log.info("no ecalls for %.0f s: exiting", idle_exit_s)
+            stop.set()
+
+
+async def serve(state: EnclaveState, socket_path: Path, on_ready: Callable[[], None], workers: int = 4,
+                idle_exit_s: float | None = None) -> None:
+    """Serve ecalls until SIGTERM/SIGINT (or idle for ``idle_exit_s``); the socket is 0600 and removed at exit."""
     socket_path = Path(socket_path)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ecall")
+    activity = _Activity()
     old_umask = os.umask(0o177)
     try:
-        server = await asyncio.start_unix_server(lambda r, w: _serve_connection(state, pool, r, w),
+        server = await asyncio.start_unix_server(lambda r, w: _serve_connection(state, pool, activity, r, w),
                                                  path=str(socket_path), limit=1 << 20)
     finally:
         os.umask(old_umask)
@@ -105,9 +128,12 @@ async def serve(state: EnclaveState, socket_path: Path, on_ready: Callable[[], N
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     on_ready()
+    watchdog = asyncio.create_task(_exit_when_idle(activity, idle_exit_s, stop)) if idle_exit_s else None
     try:
         await stop.wait()
     finally:
+        if watchdog:
+            watchdog.cancel()
         server.close()
         await server.wait_closed()
         pool.shutdown(wait=False, cancel_futures=True)

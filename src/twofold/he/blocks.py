@@ -19,11 +19,16 @@ from twofold.he.randomness import PairPool
 from twofold.he.transport import Channel
 
 
-def log_uniform(max_shift: int, mantissa_bits: int = 64) -> int:
-    """A random factor M * 2^U with M uniform on mantissa_bits bits (top bit set) and U uniform in [0, max_shift]."""
+def log_uniform(max_shift: int) -> int:
+    """A random factor 2^(63 + U + u): U uniform in [0, max_shift], u uniform in [0, 1) (log-uniform mantissa).
+
+    So log2 of the factor is uniform on [63, 64 + max_shift) and multiplying a value x by it hides log2 x up
+    to a statistical distance of |log2 x - log2 x'| / (max_shift + 1). The 11 low mantissa bits are random.
+    """
     if max_shift < 0:
         raise ValueError("no room for the blinding factor")
-    mantissa = secrets.randbits(mantissa_bits - 1) | (1 << (mantissa_bits - 1))
+    u = secrets.randbits(53) / (1 << 53)
+    mantissa = (int(math.exp2(u) * (1 << 52)) << 11) | secrets.randbits(11)  # in [2^63, 2^64)
     return mantissa << secrets.randbelow(max_shift + 1)
 
 
@@ -73,7 +78,8 @@ class Blocks:
         src = self.pool(source)
         masks = [secrets.randbelow(n) for _ in cts]
         blinded = [src.rerandomize(dtpkc.add_plain(self.params, c, r)) for c, r in zip(cts, masks, strict=True)]
-        reply = self.link.request("su.key_switch", {"target": codec.key_id(target), "items": self.open_items(blinded)})
+        body = {"target": codec.key_id(target), "items": self.open_items(blinded)}
+        reply = self.link.request("su.key_switch", body)
         out = self._expect(self._cts(reply), len(cts))
         tgt = self.pool(target)
         return [tgt.rerandomize(dtpkc.add_plain(self.params, c, -r)) for c, r in zip(out, masks, strict=True)]
@@ -143,7 +149,8 @@ class Blocks:
                 "frac": frac_bits, "width": p.bits - 2, "offset": 0,
                 "outputs": [[[[i, 1]]] for i in range(len(cts))]}
         out = self._expect(self._cts(self.link.request("su.log_pack", body)), len(cts))
-        return [dtpkc.add_plain(p, c, -round(math.log(f) * (1 << frac_bits))) for c, f in zip(out, factors, strict=True)]
+        scale = 1 << frac_bits
+        return [dtpkc.add_plain(p, c, -round(math.log(f) * scale)) for c, f in zip(out, factors, strict=True)]
 
     def pack(self, cts: Sequence[dtpkc.Ciphertext], width: int) -> dtpkc.Ciphertext:
         """Horner packing: [sum_i x_i 2^(width*i)] from [x_i] (about width squarings per input)."""

@@ -61,7 +61,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _cert(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
           signing_key: ec.EllipticCurvePrivateKey, *, ca: bool, sans: list[x509.GeneralName]) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
                .not_valid_after(now + _VALIDITY)

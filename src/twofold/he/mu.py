@@ -152,7 +152,7 @@ class MasterUnit:
     def _upload(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
         if body["model"] not in MODELS:
             raise InputError(f"unknown model {body['model']!r}")
-        pk = self._registered_key(peer[1], "owner", body["key_id"])
+        self._registered_key(peer[1], "owner", body["key_id"])
         lay = nb.layout_for(self.params, load_schema(self.info))
         records = body["records"]
         if records < 1 or len(body["cts"]) != records * lay.cts_per_record:
@@ -227,7 +227,14 @@ class MasterUnit:
         models = sorted(p.stem for p in (self.state / "models").glob("*.msgpack"))
         links = {role: s.as_dict() for role, s in self.link_stats.items()}
         links["su"] = self.su_stats.as_dict()
-        return {"owners": owners, "models": models, "links": links, "pool": len(self.system_pool),
+        su: dict[str, Any] = {}
+        if body.get("su", True) and (self.su_address or self._su_factory):
+            try:
+                su = self._link().request("su.stats", {})["result"]
+            except Exception as exc:  # status must work while SU is down
+                self._drop_link()
+                su = {"error": str(exc)}
+        return {"owners": owners, "models": models, "links": links, "pool": len(self.system_pool), "su": su,
                 "progress": dict(self.progress), "bits": self.params.bits}
 
     def _predict(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
+import os
 import socket
 import threading
 from pathlib import Path
@@ -15,6 +18,18 @@ from twofold.errors import ProtocolError, ServiceError, TwofoldError
 _ERROR_TYPES: dict[str, type[TwofoldError]] = {
     cls.__name__: cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, TwofoldError)
 }
+
+
+TRACE_ENV = "TWOFOLD_ECALL_TRACE"
+
+
+def _trace(name: str, args: dict[str, Any], reply_payload: bytes) -> None:
+    """Record what crossed the boundary (what the untrusted side sees anyway) to $TWOFOLD_ECALL_TRACE."""
+    entry = {"pid": os.getpid(), "call": name,
+             "args": {k: len(v) if isinstance(v, bytes | str | list) else type(v).__name__ for k, v in args.items()},
+             "reply": base64.b64encode(reply_payload).decode()}
+    with open(os.environ[TRACE_ENV], "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
 
 
 class EnclaveClient:
@@ -47,6 +62,8 @@ class EnclaveClient:
             self.bytes_sent += len(frame)
             self.bytes_received += 4 + len(payload)
         reply = decode_payload(payload)
+        if TRACE_ENV in os.environ:
+            _trace(name, args, payload)
         if reply.get("id") != call_id:
             raise ProtocolError("enclave reply does not match the request")
         if reply.get("ok"):

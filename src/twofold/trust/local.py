@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twofold.data.tabular import read_manifest
 from twofold.enclave.attester import load_or_create_platform_key
-from twofold.enclave.measure import current_measurement
+from twofold.enclave.measure import current_measurement, whole_measurement
 from twofold.keys.keystore import PASSPHRASE_ENV
 from twofold.trust.policy import Policy, parse_policy
 from twofold.trust.services import ServiceProcess, start_enclave, start_kbs
@@ -25,19 +25,23 @@ def dataset_id_of(value: str) -> str:
     return str(read_manifest(Path(value))["manifest"]["dataset_id"])
 
 
+def resolve_measurements(measurement: str) -> list[str]:
+    """'current' (partitioned TCB), 'whole' (every twofold file), 'both', or explicit hex digests (comma-separated)."""
+    named = {"current": [current_measurement()], "whole": [whole_measurement()],
+             "both": [current_measurement(), whole_measurement()]}
+    return named.get(measurement, [m.strip() for m in measurement.split(",") if m.strip()])
+
+
 def write_policy(out: Path, datasets: Sequence[str], measurement: str = "current", allow_simulation: bool = True,
                  platform_key: Path | None = None, expires: str | None = None) -> Policy:
     """A policy letting ``measurement`` (default: this installation's TCB) open ``datasets``."""
     platform = load_or_create_platform_key(platform_key).public_key().public_bytes_raw()
+    rule = {"name": "twofold enclave", "datasets": [dataset_id_of(d) for d in datasets], "expires": expires}
     policy = parse_policy({
         "version": 1,
         "allow_simulation": allow_simulation,
         "simulation_platform_keys": [base64.b64encode(platform).decode()],
-        "measurements": {
-            current_measurement() if measurement == "current" else measurement: {
-                "name": "twofold enclave", "datasets": [dataset_id_of(d) for d in datasets], "expires": expires,
-            },
-        },
+        "measurements": {m: rule for m in resolve_measurements(measurement)},
     })
     policy.save(out)
     return policy

@@ -1,0 +1,130 @@
+"""The partitioned ("twofold worker") fit and predict loops.
+
+The untrusted Spark side schedules one task per encrypted file and never decrypts: each task asks its host's
+enclave for the partition's statistics (in the clear or sealed, by release policy); the driver combines them and
+updates the model (statistics) or has its enclave do it on sealed data (sealed).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from twofold.enclave.kernels import arrays
+from twofold.enclave.kernels.base import algorithm as get_algorithm
+from twofold.errors import ConfigError, ProtocolError
+from twofold.spark.errors import translate
+from twofold.spark.host_enclave import EnclaveConfig, HostEnclave
+
+MAX_PASSES = 1000
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a Spark task needs (small, picklable, no secrets)."""
+
+    config: EnclaveConfig
+    path: str
+    dataset_id: str
+    algorithm: str
+    columns: tuple[str, ...]
+    label: str
+    params: dict[str, Any]
+    release: str
+    job: str
+
+
+@dataclass
+class FitResult:
+    sealed_model: bytes
+    model_id: str
+    job: str
+    passes: int
+    model: arrays.Arrays | None  # only with release="statistics", where the driver holds it anyway
+
+
+def _stats_task(task: Task, iteration: int, state: bytes, indices: Iterator[int]) -> Iterator[tuple[int, bytes]]:
+    host = HostEnclave(task.config)
+    for index in indices:
+        reply = host.partition_call(task.path, task.dataset_id, index, "fit_stats", algorithm=task.algorithm,
+                                    columns=list(task.columns), label=task.label, params=task.params,
+                                    release=task.release, job=task.job, iteration=iteration, model_state=state)
+        yield index, reply["stats"]
+
+
+def _collect(rdd: Any) -> list:
+    try:
+        return rdd.collect()
+    except Exception as exc:  # Py4J/PySpark wrap task failures
+        raise translate(exc) from None
+
+
+def fit(index_rdd: Any, num_files: int, task: Task, progress: Callable[[int], None] | None = None) -> FitResult:
+    """Run a partitioned fit to convergence; ``index_rdd`` holds the partition indices, one per Spark partition."""
+    if task.release not in ("statistics", "sealed"):
+        raise ConfigError("release must be 'statistics' or 'sealed'")
+    algo = get_algorithm(task.algorithm)
+    driver = HostEnclave(task.config)
+    driver.open_dataset(task.path)
+    sealed = task.release == "sealed"
+    if sealed:
+        state = driver.call("fit_init", dataset_id=task.dataset_id, algorithm=task.algorithm, params=task.params,
+                            job=task.job, num_features=len(task.columns))["state"]
+    else:
+        state = arrays.pack(algo.init_state(task.params, len(task.columns)))
+    for iteration in range(MAX_PASSES):
+        results = sorted(_collect(index_rdd.mapPartitions(
+            lambda it, i=iteration, s=state: _stats_task(task, i, s, it))))
+        indices = [i for i, _ in results]
+        if indices != list(range(num_files)):
+            raise ProtocolError("the job did not produce statistics for every partition exactly once")
+        if sealed:
+            reply = driver.call("fit_combine", dataset_id=task.dataset_id, algorithm=task.algorithm,
+                                params=task.params, job=task.job, iteration=iteration, model_state=state,
+                                stats=[b for _, b in results], indices=indices)
+            state, done = reply["state"], reply["done"]
+        else:
+            total = arrays.combine([arrays.unpack(b) for _, b in results])
+            updated, done = algo.update(arrays.unpack(state), total, task.params)
+            state = arrays.pack(updated)
+        if progress:
+            progress(1)
+        if done:
+            break
+    else:
+        raise ConfigError(f"{task.algorithm} did not finish within {MAX_PASSES} passes")
+    model_id = "m-" + secrets.token_hex(8)
+    passes = iteration + 1
+    if sealed:
+        sealed_model = driver.call("fit_finalize", dataset_id=task.dataset_id, algorithm=task.algorithm,
+                                   params=task.params, job=task.job, iteration=passes, model_state=state,
+                                   model_id=model_id)["model"]
+        return FitResult(sealed_model, model_id, task.job, passes, None)
+    model = algo.model(arrays.unpack(state), task.params)
+    sealed_model = driver.call("seal_model", dataset_id=task.dataset_id, algorithm=task.algorithm,
+                               model_id=model_id, model=arrays.pack(model))["model"]
+    return FitResult(sealed_model, model_id, task.job, passes, model)
+
+
+def new_job() -> str:
+    return "job-" + secrets.token_hex(8)
+
+
+def _predict_task(task: Task, model: dict[str, Any], indices: Iterator[int]) -> Iterator[tuple[int, bytes]]:
+    host = HostEnclave(task.config)
+    for index in indices:
+        reply = host.partition_call(task.path, task.dataset_id, index, "predict", algorithm=task.algorithm,
+                                    columns=list(task.columns), label=task.label, params=task.params, job=task.job,
+                                    **model)
+        yield index, reply["predictions"]
+
+
+def predict(index_rdd: Any, num_files: int, task: Task, model: dict[str, Any]) -> list[tuple[int, bytes]]:
+    """Sealed predictions per partition; ``model`` holds model_dataset_id, model_mac_key, model_id and model."""
+    HostEnclave(task.config).open_dataset(task.path)
+    results = sorted(_collect(index_rdd.mapPartitions(lambda it: _predict_task(task, model, it))))
+    if [i for i, _ in results] != list(range(num_files)):
+        raise ProtocolError("the job did not produce predictions for every partition exactly once")
+    return results

@@ -1,0 +1,29 @@
+"""A Spark session with twofold's defaults: ``local[*]`` unless told otherwise, quiet, Arrow enabled."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def get_spark(master: str | None = None, app_name: str = "twofold", **conf: Any):
+    """Create or reuse a SparkSession; the Python workers use this interpreter (so twofold is importable)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name).master(master or "local[*]")
+    defaults = {
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.driver.memory": os.environ.get("TWOFOLD_SPARK_DRIVER_MEMORY", "4g"),
+        "spark.python.worker.reuse": "true",
+    }
+    for key, value in {**defaults, **conf}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

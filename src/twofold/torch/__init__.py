@@ -1,0 +1,22 @@
+"""Encrypted PyTorch training: tensor datasets decrypted only on the device that trains.
+
+``EncryptedTensorDataset`` opens a tensor dataset written by ``twofold encrypt-tensors`` (or
+:func:`twofold.data.tensors.write_tensors`), gets its data key from a :class:`KeyProvider` (the owner's keystore,
+or a key broker after attestation), checks every tag and decrypts on the device; ``EncryptedDataLoader`` yields
+device batches identical to a plaintext ``DataLoader`` with the same seed. Needs ``torch`` (``twofold[torch]``).
+"""
+
+from twofold.torch.dataset import EncryptedDataLoader, EncryptedTensorDataset
+from twofold.torch.device import DeviceDecryptor
+from twofold.torch.keys import DeviceKeyProvider, KeyProvider, KeystoreKeyProvider
+from twofold.torch.measure import training_measurement
+
+__all__ = [
+    "DeviceDecryptor",
+    "DeviceKeyProvider",
+    "EncryptedDataLoader",
+    "EncryptedTensorDataset",
+    "KeyProvider",
+    "KeystoreKeyProvider",
+    "training_measurement",
+]

@@ -1,0 +1,270 @@
+"""MU and SU as real server processes started through the CLI, over mutually authenticated TLS on loopback."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from twofold.crypto import dtpkc
+from twofold.errors import KeyAccessError, ServiceError
+from twofold.he import codec, protocol
+from twofold.he.client import Party, read_csv
+from twofold.he.keys import load_system
+from twofold.he.models import nb
+from twofold.he.transport import client_context, connect
+
+from ..conftest import run_cli
+
+FEATURES = ["a", "b", "c", "d"]
+
+
+def write_data(path: Path, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as h:
+        w = csv.writer(h)
+        w.writerow([*FEATURES, "label"])
+        for _ in range(n):
+            y = rng.choice(["no", "yes"])
+            shift = 1.2 if y == "yes" else 0.0
+            w.writerow([round(rng.gauss(shift + 0.2 * j, 1.0), 4) for j in range(len(FEATURES))] + [y])
+
+
+def he(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("he", *args, module=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One `twofold he serve` child process, stopped by its own PID."""
+
+    def __init__(self, system: Path, role: str, port: int = 0, extra: tuple[str, ...] = ()) -> None:
+        self.ready = system / f"{role}-{time.monotonic_ns()}.port"
+        self.proc = subprocess.Popen([sys.executable, "-m", "twofold", "he", "serve", "--role", role, "--system",
+                                      str(system), "--port", str(port), "--ready-file", str(self.ready), "--threads",
+                                      "1", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{role} did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            time.sleep(0.05)
+        self.port = int(self.ready.read_text())
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("he")
+    sysdir = root / "system"
+    assert he("init", "--dir", str(sysdir), "--key-bits", "512", "--insecure-small-keys").returncode == 0
+    for name, role in (("olga", "owner"), ("omar", "owner"), ("otto", "owner"), ("alice", "client"),
+                       ("carl", "client")):
+        result = he("enroll", "--system", str(sysdir), "--name", name, "--role", role)
+        assert result.returncode == 0, result.stderr
+    write_data(root / "olga.csv", 40, 1)
+    write_data(root / "omar.csv", 30, 2)
+    write_data(root / "otto.csv", 20, 3)
+    write_data(root / "queries.csv", 25, 4)
+    result = he("schema", "--system", str(sysdir), str(root / "olga.csv"), "--label", "label", "--bins", "4")
+    assert result.returncode == 0, result.stderr
+    assert "insecure 512-bit test keys" in result.stderr
+    return sysdir
+
+
+@pytest.fixture(scope="module")
+def servers(system):
+    su = Server(system, "su")
+    mu = Server(system, "mu", extra=("--su", su.address, "--state", str(system.parent / "mu-state")))
+    yield mu, su
+    mu.stop()
+    su.stop()
+    assert mu.proc.poll() is not None and su.proc.poll() is not None
+
+
+def reference_predictions(system: Path, files: list[Path], queries: Path) -> list[list[float]]:
+    schema = nb.Schema.from_dict(__import__("json").loads((system / "public" / "schema.json").read_text()))
+    rows, labels = [], []
+    for f in files:
+        r, y = read_csv(f, schema.features, "label")
+        rows += r
+        labels += y
+    counts = nb.plaintext_counts(schema, rows, labels)
+    q, _ = read_csv(queries, schema.features, "label")
+    return [nb.reference_scores(schema, counts, schema.bin_row(r)) for r in q], schema
+
+
+def check_predictions(stdout: str, refs, schema) -> None:
+    got = stdout.split()
+    assert len(got) == len(refs)
+    for label, scores in zip(got, refs, strict=True):
+        assert scores[schema.class_index(label)] >= max(scores) - 1e-3
+
+
+def test_upload_train_predict_and_online_update(system, servers):
+    mu, _ = servers
+    root = system.parent
+    for owner in ("olga", "omar"):
+        result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", owner, str(root / f"{owner}.csv"),
+                    "--label", "label", "--chunk-records", "16")
+        assert result.returncode == 0, result.stderr
+    result = he("train", "--system", str(system), "--mu", mu.address, "--chunk", "9")
+    assert result.returncode == 0, result.stderr
+    assert "on 70 records from 2 owner(s)" in result.stderr
+    result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "alice", str(root / "queries.csv"),
+                "--label", "label")
+    assert result.returncode == 0, result.stderr
+    refs, schema = reference_predictions(system, [root / "olga.csv", root / "omar.csv"], root / "queries.csv")
+    check_predictions(result.stdout, refs, schema)
+    # online update: a new owner joins; the model is rebuilt from the encrypted aggregates, not from records
+    result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", "otto", str(root / "otto.csv"),
+                "--label", "label")
+    assert result.returncode == 0, result.stderr
+    assert he("train", "--system", str(system), "--mu", mu.address).returncode == 0
+    result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "carl", str(root / "queries.csv"))
+    refs, schema = reference_predictions(system, [root / f"{o}.csv" for o in ("olga", "omar", "otto")],
+                                         root / "queries.csv")
+    check_predictions(result.stdout, refs, schema)
+    status = __import__("json").loads(he("status", "--system", str(system), "--mu", mu.address).stdout)
+    assert status["owners"] == {"olga": 40, "omar": 30, "otto": 20}
+    for link in ("owner", "client", "admin", "su"):
+        assert status["links"][link]["sent"] > 0 and status["links"][link]["received"] > 0
+    assert status["su"]["requests"] > 0
+    # the same chunk cannot be uploaded twice
+    result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", "otto", str(root / "otto.csv"),
+                "--label", "label")
+    assert result.returncode == 6 and "already uploaded" in result.stderr
+
+
+def test_su_killed_mid_training_then_resumes(system, tmp_path):
+    root = system.parent
+    port = free_port()
+    su = Server(system, "su", port, ("--exit-after", "3"))
+    mu = Server(system, "mu", extra=("--su", su.address, "--state", str(tmp_path / "state")))
+    try:
+        assert he("upload", "--system", str(system), "--mu", mu.address, "--owner", "olga", str(root / "olga.csv"),
+                  "--label", "label").returncode == 0
+        result = he("train", "--system", str(system), "--mu", mu.address, "--chunk", "5")
+        assert result.returncode == 9
+        assert "SU failed during training" in result.stderr and "rerun train to resume" in result.stderr
+        su.proc.wait(10)
+        su = Server(system, "su", port)
+        result = he("train", "--system", str(system), "--mu", mu.address, "--chunk", "5")
+        assert result.returncode == 0, result.stderr
+        assert "(resumed)" in result.stderr
+        result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "alice",
+                    str(root / "queries.csv"))
+        assert result.returncode == 0, result.stderr
+        refs, schema = reference_predictions(system, [root / "olga.csv"], root / "queries.csv")
+        check_predictions(result.stdout, refs, schema)
+    finally:
+        mu.stop()
+        su.stop()
+
+
+def _frame(seq: int, kind: str, body: dict, version: int = 1) -> bytes:
+    payload = msgpack.packb({"v": version, "seq": seq, "kind": kind, "body": body}, use_bin_type=True)
+    return protocol.HEADER.pack(len(payload)) + payload
+
+
+@pytest.mark.parametrize("raw, message", [
+    (protocol.HEADER.pack(5) + b"\xc1\xc1\xc1\xc1\xc1", "malformed"),
+    (protocol.HEADER.pack(1 << 31), "exceeds the limit"),
+    (_frame(7, "hello", {"version": 1}), "out-of-order"),
+    (_frame(0, "hello", {"version": 1}, version=2), "unsupported protocol version"),
+    (_frame(0, "steal", {}), "unknown message kind"),
+    (_frame(0, "upload", {"model": "nb"}), "must be a map with exactly"),
+])
+def test_mu_rejects_bad_frames(system, servers, raw, message):
+    mu, _ = servers
+    party = Party(load_system(system), "olga", mu.address)
+    cert, key = load_system(system).tls_files("olga")
+    channel = connect(mu.address, client_context(load_system(system).ca_pem, cert, key), "mu")
+    channel.send_raw(raw)
+    kind, body = channel.recv()
+    assert kind == "error" and body["code"] == "protocol" and message in body["message"]
+    with pytest.raises(ServiceError):
+        channel.recv()  # MU closed the connection
+    channel.close()
+    assert party.request("hello", {"version": 1})["role"] == "mu"  # and keeps serving others
+
+
+def test_ciphertexts_under_unknown_key_are_rejected(system, servers):
+    mu, _ = servers
+    info = load_system(system)
+    params = info.params()
+    stranger = dtpkc.generate_user_key(params)
+    owner = Party(info, "olga", mu.address)
+    schema = nb.Schema.from_dict(__import__("json").loads((system / "public" / "schema.json").read_text()))
+    lay = nb.layout_for(params, schema)
+    cts = nb.encrypt_record(lambda m: dtpkc.encrypt(stranger.public, m), lay, [0] * len(schema.features), 0)
+    body = {"model": "nb", "key_id": codec.key_id(stranger.public), "chunk": "x", "records": 1,
+            "cts": [codec.ct_to_bytes(params, c) for c in cts]}
+    with pytest.raises(KeyAccessError, match="not registered"):
+        owner.request("upload", body)
+    client = Party(info, "carl", mu.address)  # a client may not use another client's key
+    alice = info.party_key("alice", params).public
+    with pytest.raises(KeyAccessError, match="not registered"):
+        client.request("predict", {"model": "nb", "key_id": codec.key_id(alice), "queries": []})
+    with pytest.raises(KeyAccessError, match="may not send train"):
+        owner.request("train", {"model": "nb", "chunk": 1})
+
+
+def _rogue_identity(tmp_path: Path, role: str) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "mallory")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "rogue.pem", tmp_path / "rogue.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_certificate_not_from_system_ca_is_refused(system, servers, tmp_path):
+    mu, su = servers
+    info = load_system(system)
+    cert, key = _rogue_identity(tmp_path, "admin")
+    ctx = client_context(info.ca_pem, cert, key)
+    with pytest.raises((KeyAccessError, ServiceError)), connect(mu.address, ctx, "mu") as channel:
+        channel.request("status", {})
+    # a genuine owner certificate does not open SU either
+    cert, key = info.tls_files("olga")
+    with connect(su.address, client_context(info.ca_pem, cert, key), "su") as channel:
+        kind, body = channel.recv()
+        assert kind == "error"
+        with pytest.raises(KeyAccessError, match="may not use this server"):
+            protocol.raise_remote(body)

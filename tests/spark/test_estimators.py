@@ -1,0 +1,116 @@
+"""Every algorithm x mode x release policy matches vanilla MLlib on the same data and parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twofold.spark import jobs
+
+pytestmark = pytest.mark.spark
+
+CASES = {
+    "logreg": ("classification", {"maxIter": 100, "regParam": 0.01}),
+    "linreg": ("regression", {}),
+    "kmeans": ("blobs", {"k": 4, "seed": 7, "maxIter": 20}),
+    "naive_bayes": ("counts", {}),
+    "pca": ("regression", {"k": 2}),
+}
+VARIANTS = [("whole", "whole"), ("partitioned", "statistics"), ("partitioned", "sealed")]
+
+
+def _vanilla(spark_env, algorithm, params):
+    dataset, _ = CASES[algorithm]
+    table = spark_env["tables"][dataset]
+    label = "label" if "label" in table.column_names else ""
+    columns = [c for c in table.column_names if c != label]
+    frame = jobs.assemble(spark_env["spark"].createDataFrame(table.to_pandas()), columns).cache()
+    return jobs.mllib_estimator(algorithm, params, label).fit(frame), frame
+
+
+def _metric(algorithm, spark_env, predictions, vanilla_model=None, frame=None):
+    """The quality measure the issue names: accuracy, R^2, k-means cost, explained variance."""
+    dataset, _ = CASES[algorithm]
+    table = spark_env["tables"][dataset]
+    if algorithm in ("logreg", "naive_bayes"):
+        return float(np.mean(predictions.column("prediction").to_numpy() == table.column("label").to_numpy()))
+    if algorithm == "linreg":
+        y, p = table.column("label").to_numpy(), predictions.column("prediction").to_numpy()
+        return 1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2)
+    if algorithm == "kmeans":
+        X = np.column_stack([table.column(c).to_numpy() for c in table.column_names])
+        assign = predictions.column("prediction").to_numpy().astype(int)
+        centers = np.array([X[assign == k].mean(axis=0) for k in np.unique(assign)])
+        remap = {k: i for i, k in enumerate(np.unique(assign))}
+        return float(sum(np.sum((X[assign == k] - centers[remap[k]]) ** 2) for k in np.unique(assign)))
+    raise AssertionError(algorithm)
+
+
+def _vanilla_metric(algorithm, spark_env, model, frame):
+    if algorithm == "pca":
+        return np.array(model.explainedVariance.toArray())
+    predictions = model.transform(frame).select("prediction").toArrow()
+    return _metric(algorithm, spark_env, predictions)
+
+
+@pytest.mark.parametrize("mode,release", VARIANTS, ids=["whole", "statistics", "sealed"])
+@pytest.mark.parametrize("algorithm", list(CASES))
+def test_matches_mllib(spark_env, owner, algorithm, mode, release):
+    dataset_name, params = CASES[algorithm]
+    dataset = spark_env["datasets"][dataset_name]
+    services = spark_env["services"]
+    result = jobs.train(spark_env["spark"], dataset.path, algorithm, mode,
+                        release if mode == "partitioned" else "statistics", services.enclave, params)
+    assert result.model.dataset_id == dataset.dataset_id
+    vanilla, frame = _vanilla(spark_env, algorithm, params)
+    expected = _vanilla_metric(algorithm, spark_env, vanilla, frame)
+    if algorithm == "pca":
+        explained = (result.model.open_arrays(owner)["explainedVariance"] if mode == "partitioned"
+                     else np.array(_whole_pca(result, owner)))
+        np.testing.assert_allclose(explained, expected, rtol=1e-6)
+        return
+    predictions = jobs.predict(spark_env["spark"], result.model, dataset.path, services.enclave, owner)
+    assert predictions.num_rows == dataset.num_rows
+    got = _metric(algorithm, spark_env, predictions)
+    if algorithm in ("logreg", "naive_bayes"):
+        assert abs(got - expected) <= 0.005, (got, expected)
+    elif algorithm == "linreg":
+        assert abs(got - expected) <= 0.005, (got, expected)
+    else:
+        assert got <= expected * 1.01, (got, expected)
+
+
+def _whole_pca(result, owner):
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(result.model.open(owner))) as archive:
+        names = archive.getnames()
+    assert any(name.startswith("model/metadata") for name in names)
+    from twofold.spark.jobs import _private_tmp
+    from pyspark.ml.feature import PCAModel
+    import shutil
+
+    tmp = _private_tmp()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(result.model.open(owner))) as archive:
+            archive.extractall(tmp, filter="data")
+        return PCAModel.load(f"{tmp}/model").explainedVariance.toArray()
+    finally:
+        shutil.rmtree(tmp)
+
+
+def test_statistics_release_exposes_weights_sealed_does_not(spark_env):
+    from twofold.errors import ConfigError
+    from twofold.spark import LogisticRegression, encrypted_files
+
+    services = spark_env["services"]
+    files = encrypted_files(spark_env["spark"], spark_env["datasets"]["classification"].path)
+    stats = LogisticRegression(release="statistics", enclaveSocket=services.enclave.socket,
+                               kbsUrl=services.kbs_url, maxIter=5).fit(files)
+    assert stats.coefficients.shape == (5,)
+    sealed = LogisticRegression(release="sealed", enclaveSocket=services.enclave.socket,
+                                kbsUrl=services.kbs_url, maxIter=5).fit(files)
+    with pytest.raises(ConfigError, match="sealed"):
+        _ = sealed.coefficients
+    assert sealed.getOrDefault("maxIter") == 5 and sealed.getOrDefault("regParam") == 0.0
