@@ -30,6 +30,8 @@ def _tables() -> dict[str, pa.Table]:
     features = {f"f{i}": X[:, i] for i in range(d)}
     return {
         "classification": pa.table({**features, "label": classification}),
+        "classification_b": pa.table({**{f"f{i}": rng.standard_normal(n) * 3 for i in range(d)},
+                                      "label": rng.integers(0, 2, n)}),
         "regression": pa.table({**features, "label": regression}),
         "blobs": pa.table({f"f{i}": blobs[:, i] for i in range(d)}),
         "counts": pa.table({**{f"f{i}": counts[:, i] for i in range(d)}, "label": classes}),
@@ -51,7 +53,7 @@ def spark_env(tmp_path_factory):
 
     with job_services([str(d.path) for d in datasets.values()], keystore_dir=root / "keystore",
                       passphrase=PASSPHRASE, cache_mib=512) as services:
-        spark = get_spark("local[2]", "twofold-tests")
+        spark = get_spark("local[2,3]", "twofold-tests")  # 2 threads, a failed task is retried
         yield {"spark": spark, "services": services, "store": store, "datasets": datasets,
                "tables": _tables(), "root": root, "trace": root / "trace.jsonl"}
         spark.stop()

@@ -209,7 +209,7 @@ def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, 
 
 
 def run(dataset: str, label: str | None, algorithms: list[str], key_bits: int, *, bins: int = 5,
-        max_queries: int | None = None, latency_queries: int = 3, pool: int = 1500,
+        max_queries: int | None = None, latency_queries: int = 3, pool: int = 2500,
         log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the benchmark and return the JSON document."""
     from sklearn.model_selection import train_test_split

@@ -177,7 +177,7 @@ def status(system_dir: Path, mu_address: str, admin: str) -> None:
 @click.option("--bins", type=click.IntRange(2, 255), default=5, show_default=True)
 @click.option("--max-queries", type=click.IntRange(1), default=None,
               help="Encrypted queries (default: the whole test split).")
-@click.option("--pool", type=click.IntRange(0), default=1500, show_default=True,
+@click.option("--pool", type=click.IntRange(0), default=2500, show_default=True,
               help="Encryption pairs MU and SU precompute offline before training.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def bench_he(dataset: str, label: str | None, algorithms: str, key_bits: int, bins: int, max_queries: int | None,

@@ -2,7 +2,8 @@
 
 A :class:`PairPool` serves encryptions and re-randomizations of one public key from a deque of pairs. It can
 be refilled synchronously or by a background worker process (``start_background``), which keeps the pool near
-a target size so that online work pays one multiplication per encryption. When the pool runs dry it computes
+a target size (refilling once it falls below half of it) so that online work pays one multiplication per
+encryption. When the pool runs dry it computes
 a fresh pair on the spot; a pair is never reused.
 """
 
@@ -49,6 +50,7 @@ class PairPool:
         self._executor: ProcessPoolExecutor | None = None
         self._target = 0
         self._inflight = 0
+        self._filling = True
         self.made_online = 0
 
     def __len__(self) -> int:
@@ -102,6 +104,13 @@ class PairPool:
 
     def _top_up(self) -> None:  # called with the lock held
         if self._executor is None:
+            return
+        if len(self._pairs) < self._target // 2:
+            self._filling = True  # low-water mark: online work has the cores until half the pool is used
+        if not self._filling:
+            return
+        if len(self._pairs) + self._inflight >= self._target:
+            self._filling = False
             return
         while len(self._pairs) + self._inflight < self._target and self._inflight < 2 * self._batch:
             self._inflight += self._batch

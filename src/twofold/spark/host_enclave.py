@@ -156,6 +156,14 @@ class HostEnclave:
     def open_dataset(self, dataset_dir: str) -> dict[str, Any]:
         return self.call("open_dataset", manifest=(Path(dataset_dir) / "manifest.json").read_bytes())
 
+    def dataset_call(self, dataset_dir: str, name: str, **args: Any) -> dict:
+        """An ecall that needs an open dataset; re-opens it once if the enclave was restarted meanwhile."""
+        try:
+            return self.call(name, **args)
+        except ConfigError:
+            self.open_dataset(dataset_dir)
+            return self.call(name, **args)
+
     def partition_call(self, dataset_dir: str, dataset_id: str, index: int, name: str, **args: Any) -> dict:
         """An ecall on one partition, (re)loading it first; retried once if the enclave lost it meanwhile."""
         for attempt in range(2):

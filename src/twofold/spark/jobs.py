@@ -122,7 +122,8 @@ def _train_whole(spark: Any, path: Path, algorithm: str, kbs_url: str, params: d
     dataset_id, mac_key = body["manifest"]["dataset_id"], body["keys"]["mac_key"]
     model_id = "m-" + secrets.token_hex(8)
     sealed = seal_payload(attested_session(kbs_url), dataset_id, mac_key, model_id, algorithm, buffer.getvalue())
-    passes = int(getattr(getattr(model, "summary", None), "totalIterations", 0) or 0) if model.hasSummary else 0
+    passes = int(model.summary.totalIterations) if getattr(model, "hasSummary", False) and \
+        hasattr(model.summary, "totalIterations") else 0
     return TrainResult(ModelFile(algorithm, "whole", "whole", dataset_id, model_id, mac_key, columns, label, params,
                                  sealed, payload="spark-ml-tar"), passes, None)
 

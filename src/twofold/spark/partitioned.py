@@ -70,7 +70,7 @@ def fit(index_rdd: Any, num_files: int, task: Task, progress: Callable[[int], No
     driver.open_dataset(task.path)
     sealed = task.release == "sealed"
     if sealed:
-        state = driver.call("fit_init", dataset_id=task.dataset_id, algorithm=task.algorithm, params=task.params,
+        state = driver.dataset_call(task.path, "fit_init", dataset_id=task.dataset_id, algorithm=task.algorithm, params=task.params,
                             job=task.job, num_features=len(task.columns))["state"]
     else:
         state = arrays.pack(algo.init_state(task.params, len(task.columns)))
@@ -81,7 +81,7 @@ def fit(index_rdd: Any, num_files: int, task: Task, progress: Callable[[int], No
         if indices != list(range(num_files)):
             raise ProtocolError("the job did not produce statistics for every partition exactly once")
         if sealed:
-            reply = driver.call("fit_combine", dataset_id=task.dataset_id, algorithm=task.algorithm,
+            reply = driver.dataset_call(task.path, "fit_combine", dataset_id=task.dataset_id, algorithm=task.algorithm,
                                 params=task.params, job=task.job, iteration=iteration, model_state=state,
                                 stats=[b for _, b in results], indices=indices)
             state, done = reply["state"], reply["done"]
@@ -98,12 +98,12 @@ def fit(index_rdd: Any, num_files: int, task: Task, progress: Callable[[int], No
     model_id = "m-" + secrets.token_hex(8)
     passes = iteration + 1
     if sealed:
-        sealed_model = driver.call("fit_finalize", dataset_id=task.dataset_id, algorithm=task.algorithm,
+        sealed_model = driver.dataset_call(task.path, "fit_finalize", dataset_id=task.dataset_id, algorithm=task.algorithm,
                                    params=task.params, job=task.job, iteration=passes, model_state=state,
                                    model_id=model_id)["model"]
         return FitResult(sealed_model, model_id, task.job, passes, None)
     model = algo.model(arrays.unpack(state), task.params)
-    sealed_model = driver.call("seal_model", dataset_id=task.dataset_id, algorithm=task.algorithm,
+    sealed_model = driver.dataset_call(task.path, "seal_model", dataset_id=task.dataset_id, algorithm=task.algorithm,
                                model_id=model_id, model=arrays.pack(model))["model"]
     return FitResult(sealed_model, model_id, task.job, passes, model)
 

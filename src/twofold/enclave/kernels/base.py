@@ -57,7 +57,7 @@ def with_phase(state: Arrays, value: int, **arrays: np.ndarray) -> Arrays:
 def moments(X: np.ndarray, y: np.ndarray | None) -> Arrays:
     """Count, sums and sums of squares of features, and label range facts, for scaling and class counts."""
     out = {"n": np.array([float(X.shape[0])]), "sum": X.sum(axis=0), "sumsq": np.einsum("ij,ij->j", X, X),
-           "min_x": np.array([X.min() if X.size else np.inf])}
+           "negative": np.array([float(X.size > 0 and X.min() < 0)])}  # a flag, never a data value
     if y is not None:
         integral = float(np.all(np.equal(np.mod(y, 1), 0)) and (y.min(initial=0) >= 0))
         out["label_bad"] = np.array([0.0 if integral else 1.0])

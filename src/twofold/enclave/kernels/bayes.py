@@ -31,7 +31,7 @@ class NaiveBayes:
 
     def update(self, state, total, params):
         if phase(state) == 0:
-            if params.get("modelType", "multinomial") == "multinomial" and total["min_x"][0] < 0:
+            if params.get("modelType", "multinomial") == "multinomial" and total["negative"][0] > 0:
                 raise ConfigError("multinomial naive Bayes needs non-negative features; use modelType=gaussian")
             return with_phase(state, 1, classes=np.array([float(label_classes(total))])), False
         return with_phase(state, 2, **{f"total_{k}": v for k, v in total.items()}), True

@@ -1,0 +1,35 @@
+"""Precomputed encryption pairs: used once, refilled by a background process below the low-water mark."""
+
+from __future__ import annotations
+
+import time
+
+from twofold.crypto import dtpkc
+from twofold.he.randomness import PairPool
+
+
+def test_pool_pairs_are_fresh_and_decrypt(crypto):
+    pool = PairPool(crypto.client.public)
+    pool.refill(5)
+    cts = [pool.encrypt(7) for _ in range(8)]  # 5 from the pool, 3 computed inline
+    assert len({c.t2 for c in cts}) == 8 and pool.made_online == 3
+    assert {int(dtpkc.weak_decrypt(crypto.client.secret, c)) for c in cts} == {7}
+    again = pool.rerandomize(cts[0])
+    assert again.t1 != cts[0].t1 and int(dtpkc.weak_decrypt(crypto.client.secret, again)) == 7
+
+
+def test_background_refill_low_water_mark(crypto):
+    pool = PairPool(crypto.client.public)
+    try:
+        pool.start_background(200, batch=25)
+        assert pool.wait_filled(200, 60)
+        for _ in range(80):
+            pool.encrypt(1)
+        time.sleep(0.5)
+        assert len(pool) == 120  # above half: no refill competes with online work
+        for _ in range(30):
+            pool.encrypt(1)
+        assert pool.wait_filled(200, 60)  # below half: refilled to the target
+        assert pool.made_online == 0
+    finally:
+        pool.close()
