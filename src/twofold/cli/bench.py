@@ -71,3 +71,26 @@ def bench_torch(device: str, synthetic_rows: int, epochs: int, repeats: int, jso
          f"{result['keystream_gb_per_s']:.2f} GB/s ({result['keystream_gb_per_s_impl']}), "
          f"decryption via {result['keystream_impl']}")
     write_json(json_path, result)
+
+
+@bench.command("spark")
+@click.option("--rows", type=click.IntRange(min=1000), default=500_000, show_default=True)
+@click.option("--cols", type=click.IntRange(min=2), default=50, show_default=True)
+@click.option("--algorithms", default="logreg,linreg,kmeans,naive_bayes,pca", show_default=True)
+@click.option("--partitions", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--master", default=None, help="Spark master (default local[*]).")
+@json_option
+def bench_spark(rows: int, cols: int, algorithms: str, partitions: int, master: str | None,
+                json_path: Path | None) -> None:
+    """Vanilla MLlib vs whole vs partitioned (statistics, sealed) on synthetic encrypted data."""
+    from twofold.bench import spark_bench
+
+    chosen = [a.strip() for a in algorithms.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - set(spark_bench.ALGORITHMS))
+    if unknown:
+        raise click.BadParameter(f"unknown algorithms {unknown}", param_hint="--algorithms")
+    result = spark_bench.run(rows, cols, chosen, partitions, master, log=info)
+    for row in result["results"]:
+        if row["mode"] != "vanilla":
+            info(f"{row['algorithm']:<12} {row['mode']:<24} {row['ratio_to_vanilla']:.2f}x vanilla")
+    write_json(json_path, result)

@@ -66,7 +66,7 @@ class _PartitionedEstimator(Estimator, _TwofoldParams):
         model_file = ModelFile(self.algorithm, "partitioned", task.release, dataset_id, result.model_id,
                                read_manifest(Path(path))["keys"]["mac_key"], columns, label, params,
                                result.sealed_model)
-        model = PartitionedModel(model_file, result.model, result.passes)
+        model = PartitionedModel(model_file, result.model, result.passes, result.timings)
         return self._copyValues(model)
 
     def _uses_label(self) -> bool:
@@ -99,11 +99,12 @@ class PartitionedModel(Model, _TwofoldParams):
     """A model trained in partitioned mode; its weights are visible only with ``release="statistics"``."""
 
     def __init__(self, model_file: ModelFile | None = None, weights: dict[str, Any] | None = None,
-                 passes: int = 0) -> None:
+                 passes: int = 0, timings: dict[str, float] | None = None) -> None:
         super().__init__()
         self.model_file = model_file
         self._weights = weights
         self.passes = passes
+        self.timings = timings or {}
 
     @property
     def weights(self) -> dict[str, Any]:

@@ -8,8 +8,9 @@ updates the model (statistics) or has its enclave do it on sealed data (sealed).
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twofold.enclave.kernels import arrays
@@ -43,15 +44,20 @@ class FitResult:
     job: str
     passes: int
     model: arrays.Arrays | None  # only with release="statistics", where the driver holds it anyway
+    timings: dict[str, float] = field(default_factory=dict)
 
 
-def _stats_task(task: Task, iteration: int, state: bytes, indices: Iterator[int]) -> Iterator[tuple[int, bytes]]:
+def _stats_task(task: Task, iteration: int, state: bytes, indices: Iterator[int]) -> Iterator[tuple]:
+    """Yields (index, statistics, seconds loading the partition, seconds in the statistics ecall)."""
     host = HostEnclave(task.config)
     for index in indices:
+        began = time.perf_counter()
+        host.ensure_partition(task.path, task.dataset_id, index)
+        loaded = time.perf_counter()
         reply = host.partition_call(task.path, task.dataset_id, index, "fit_stats", algorithm=task.algorithm,
                                     columns=list(task.columns), label=task.label, params=task.params,
                                     release=task.release, job=task.job, iteration=iteration, model_state=state)
-        yield index, reply["stats"]
+        yield index, reply["stats"], loaded - began, time.perf_counter() - loaded
 
 
 def _collect(rdd: Any) -> list:
@@ -61,34 +67,50 @@ def _collect(rdd: Any) -> list:
         raise translate(exc) from None
 
 
+class _Driver:
+    """The driver's side of a fit: its host enclave and the dataset it works on."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.host = HostEnclave(task.config)
+        self.host.open_dataset(task.path)
+
+    def call(self, name: str, **args: Any) -> dict[str, Any]:
+        t = self.task
+        return self.host.dataset_call(t.path, name, dataset_id=t.dataset_id, algorithm=t.algorithm, **args)
+
+
 def fit(index_rdd: Any, num_files: int, task: Task, progress: Callable[[int], None] | None = None) -> FitResult:
     """Run a partitioned fit to convergence; ``index_rdd`` holds the partition indices, one per Spark partition."""
     if task.release not in ("statistics", "sealed"):
         raise ConfigError("release must be 'statistics' or 'sealed'")
     algo = get_algorithm(task.algorithm)
-    driver = HostEnclave(task.config)
-    driver.open_dataset(task.path)
+    driver = _Driver(task)
     sealed = task.release == "sealed"
+    timings = dict.fromkeys(("wall", "load", "stats_ecalls", "update"), 0.0)
+    began = time.perf_counter()
     if sealed:
-        state = driver.dataset_call(task.path, "fit_init", dataset_id=task.dataset_id, algorithm=task.algorithm, params=task.params,
-                            job=task.job, num_features=len(task.columns))["state"]
+        state = driver.call("fit_init", params=task.params, job=task.job, num_features=len(task.columns))["state"]
     else:
         state = arrays.pack(algo.init_state(task.params, len(task.columns)))
     for iteration in range(MAX_PASSES):
         results = sorted(_collect(index_rdd.mapPartitions(
             lambda it, i=iteration, s=state: _stats_task(task, i, s, it))))
-        indices = [i for i, _ in results]
+        indices = [r[0] for r in results]
         if indices != list(range(num_files)):
             raise ProtocolError("the job did not produce statistics for every partition exactly once")
+        timings["load"] += sum(r[2] for r in results)
+        timings["stats_ecalls"] += sum(r[3] for r in results)
+        update_began = time.perf_counter()
         if sealed:
-            reply = driver.dataset_call(task.path, "fit_combine", dataset_id=task.dataset_id, algorithm=task.algorithm,
-                                params=task.params, job=task.job, iteration=iteration, model_state=state,
-                                stats=[b for _, b in results], indices=indices)
+            reply = driver.call("fit_combine", params=task.params, job=task.job, iteration=iteration,
+                                model_state=state, stats=[r[1] for r in results], indices=indices)
             state, done = reply["state"], reply["done"]
         else:
-            total = arrays.combine([arrays.unpack(b) for _, b in results])
+            total = arrays.combine([arrays.unpack(r[1]) for r in results])
             updated, done = algo.update(arrays.unpack(state), total, task.params)
             state = arrays.pack(updated)
+        timings["update"] += time.perf_counter() - update_began
         if progress:
             progress(1)
         if done:
@@ -97,15 +119,15 @@ def fit(index_rdd: Any, num_files: int, task: Task, progress: Callable[[int], No
         raise ConfigError(f"{task.algorithm} did not finish within {MAX_PASSES} passes")
     model_id = "m-" + secrets.token_hex(8)
     passes = iteration + 1
+    model = None
     if sealed:
-        sealed_model = driver.dataset_call(task.path, "fit_finalize", dataset_id=task.dataset_id, algorithm=task.algorithm,
-                                   params=task.params, job=task.job, iteration=passes, model_state=state,
-                                   model_id=model_id)["model"]
-        return FitResult(sealed_model, model_id, task.job, passes, None)
-    model = algo.model(arrays.unpack(state), task.params)
-    sealed_model = driver.dataset_call(task.path, "seal_model", dataset_id=task.dataset_id, algorithm=task.algorithm,
-                               model_id=model_id, model=arrays.pack(model))["model"]
-    return FitResult(sealed_model, model_id, task.job, passes, model)
+        sealed_model = driver.call("fit_finalize", params=task.params, job=task.job, iteration=passes,
+                                   model_state=state, model_id=model_id)["model"]
+    else:
+        model = algo.model(arrays.unpack(state), task.params)
+        sealed_model = driver.call("seal_model", model_id=model_id, model=arrays.pack(model))["model"]
+    timings["wall"] = time.perf_counter() - began
+    return FitResult(sealed_model, model_id, task.job, passes, model, timings)
 
 
 def new_job() -> str:
