@@ -54,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"twofold: error: {exc}", err=True)
         return exc.exit_code
     except Exception as exc:
+        if type(exc).__module__.startswith(("pyspark", "py4j")):  # a Spark job failed: surface the typed cause
+            from twofold.spark.errors import translate
+
+            typed = translate(exc)
+            if debug:
+                traceback.print_exc()
+            click.echo(f"twofold: error: {typed}", err=True)
+            return typed.exit_code
         if debug:
             traceback.print_exc()
         # The message of an unexpected error may quote data; show only its type unless debugging.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twofold.keys.keystore import PASSPHRASE_ENV
 from twofold.spark.host_enclave import EnclaveConfig, ensure_enclave, stop_enclave
-from twofold.trust.local import write_policy
+from twofold.trust.local import resolve_measurements, write_policy
 from twofold.trust.services import start_kbs
 
 
@@ -28,7 +28,8 @@ class JobServices:
 
 @contextlib.contextmanager
 def job_services(datasets: Sequence[str], *, keystore_dir: Path | None = None, passphrase: str | None = None,
-                 kbs_url: str | None = None, cache_mib: int = 4096) -> Iterator[JobServices]:
+                 kbs_url: str | None = None, cache_mib: int = 4096,
+                 extra_measurements: Sequence[str] = ()) -> Iterator[JobServices]:
     """Start (or reach) a key broker and this host's enclave for a job over ``datasets``.
 
     With ``kbs_url`` the owner's running broker is used; otherwise one is embedded on loopback from the owner's
@@ -41,7 +42,8 @@ def job_services(datasets: Sequence[str], *, keystore_dir: Path | None = None, p
         if kbs_url is None:
             if keystore_dir is None or passphrase is None:
                 raise ValueError("an embedded key broker needs the owner's keystore and passphrase")
-            write_policy(root / "policy.json", list(datasets), "both")
+            allowed = ",".join([*resolve_measurements("both"), *extra_measurements])
+            write_policy(root / "policy.json", list(datasets), allowed)
             kbs = start_kbs(keystore_dir, root / "policy.json", root / "kbs-audit.jsonl",
                             env={PASSPHRASE_ENV: passphrase}, log_path=root / "kbs.log")
             kbs_url = kbs.address

@@ -25,5 +25,6 @@ def get_spark(master: str | None = None, app_name: str = "twofold", **conf: Any)
     for key, value in {**defaults, **conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    # Task failures are reported by twofold as typed one-line errors; Spark's own logs stay quiet unless asked.
+    spark.sparkContext.setLogLevel(os.environ.get("TWOFOLD_SPARK_LOG_LEVEL", "OFF"))
     return spark
