@@ -8,7 +8,7 @@ import traceback
 import click
 
 from twofold import __version__
-from twofold.cli.bench import bench
+from twofold.cli.bench import bench, report
 from twofold.cli.datasets import decrypt, encrypt, inspect_cmd, verify
 from twofold.cli.demo import demo
 from twofold.cli.he import he
@@ -27,7 +27,7 @@ def cli(debug: bool) -> None:
 
 
 for command in (keys, encrypt, encrypt_tensors, inspect_cmd, verify, decrypt, tcb, kbs, enclave, policy, train, predict,
-                he, bench, demo):
+                he, bench, report, demo):
     cli.add_command(command)
 
 

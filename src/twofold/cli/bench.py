@@ -94,3 +94,27 @@ def bench_spark(rows: int, cols: int, algorithms: str, partitions: int, master: 
         if row["mode"] != "vanilla":
             info(f"{row['algorithm']:<12} {row['mode']:<24} {row['ratio_to_vanilla']:.2f}x vanilla")
     write_json(json_path, result)
+
+
+@bench.command("all")
+@click.option("--quick", is_flag=True, help="Smaller sizes (a few minutes).")
+@click.option("--only", default=None, help="Comma-separated subset: encrypt,kbs,spark,he,torch.")
+@json_option
+def bench_all(quick: bool, only: str | None, json_path: Path | None) -> None:
+    """Run every benchmark (encrypt, kbs, spark, he, torch) and record the machine."""
+    from twofold.bench import suite
+
+    result = suite.run(quick, only.split(",") if only else None, log=info)
+    write_json(json_path, result)
+    if result["errors"]:
+        info(f"finished with problems: {result['errors']}")
+
+
+@click.command()
+@click.argument("source", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+def report(source: Path, out: Path) -> None:
+    """Write benchmarks.md and PNG plots from a benchmark JSON file."""
+    from twofold.bench.report import write_report
+
+    info(f"wrote {write_report(source, out)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -11,6 +12,9 @@ def get_spark(master: str | None = None, app_name: str = "twofold", **conf: Any)
     """Create or reuse a SparkSession; the Python workers use this interpreter (so twofold is importable)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if (master or "local").startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    log_config = Path(__file__).with_name("log4j2.properties")
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name).master(master or "local[*]")
@@ -21,6 +25,8 @@ def get_spark(master: str | None = None, app_name: str = "twofold", **conf: Any)
         "spark.sql.shuffle.partitions": "8",
         "spark.driver.memory": os.environ.get("TWOFOLD_SPARK_DRIVER_MEMORY", "4g"),
         "spark.python.worker.reuse": "true",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log_config}",
+        "spark.executor.extraJavaOptions": f"-Dlog4j2.configurationFile={log_config}",
     }
     for key, value in {**defaults, **conf}.items():
         builder = builder.config(key, value)

@@ -1,0 +1,84 @@
+"""``twofold bench all``: every benchmark, sized for one machine, in one JSON document."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from twofold.bench.common import machine
+
+FULL = {
+    "encrypt": {"rows": 1_000_000, "cols": 20},
+    "kbs": {"attestations": 300, "concurrency": 8},
+    "spark": {"rows": 500_000, "cols": 50, "partitions": 8},
+    "he": {"dataset": "breast_cancer", "algorithms": ["nb", "lr", "dt"], "key_bits": 2048},
+    "torch": {"device": "cpu"},
+}
+QUICK = {
+    "encrypt": {"rows": 200_000, "cols": 20},
+    "kbs": {"attestations": 100, "concurrency": 8},
+    "spark": {"rows": 100_000, "cols": 20, "partitions": 4},
+    "he": {"dataset": "breast_cancer", "algorithms": ["nb"], "key_bits": 2048, "max_queries": 30},
+    "torch": {"device": "cpu", "synthetic_rows": 50_000, "repeats": 1},
+}
+
+
+def _runners(log: Callable[[str], None]) -> dict[str, Callable[..., dict[str, Any]]]:
+    def encrypt(**kw: Any) -> dict[str, Any]:
+        from twofold.bench import encrypt as module
+
+        return module.run(kw["rows"], kw["cols"])
+
+    def kbs(**kw: Any) -> dict[str, Any]:
+        from twofold.bench import kbs as module
+
+        return module.run(kw["attestations"], kw["concurrency"])
+
+    def spark(**kw: Any) -> dict[str, Any]:
+        from twofold.bench import spark_bench
+
+        return spark_bench.run(kw["rows"], kw["cols"], list(spark_bench.ALGORITHMS), kw["partitions"], log=log)
+
+    def he(**kw: Any) -> dict[str, Any]:
+        from twofold.bench import he as module
+
+        return module.run(kw["dataset"], None, kw["algorithms"], kw["key_bits"],
+                          max_queries=kw.get("max_queries"), log=log)
+
+    def torch(**kw: Any) -> dict[str, Any]:
+        from twofold.bench import torch_bench
+
+        return torch_bench.run(**kw)
+
+    return {"encrypt": encrypt, "kbs": kbs, "spark": spark, "he": he, "torch": torch}
+
+
+def run(quick: bool = False, only: list[str] | None = None, log: Callable[[str], None] = lambda _: None
+        ) -> dict[str, Any]:
+    """Run the benchmarks; one that fails is recorded with its error and the rest still run."""
+    sizes = QUICK if quick else FULL
+    runs: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, runner in _runners(log).items():
+        if only and name not in only:
+            continue
+        if name == "torch":
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                errors[name] = "skipped: torch is not installed"
+                log("torch: skipped (not installed)")
+                continue
+        log(f"== {name} ==")
+        began = time.perf_counter()
+        try:
+            runs[name] = runner(**sizes[name])
+        except Exception as exc:  # keep the others; say exactly what failed
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            log(f"{name} failed: {errors[name]}")
+            log("".join(traceback.format_exception_only(exc)).strip())
+        log(f"{name}: {time.perf_counter() - began:.1f} s")
+    return {"benchmark": "all", "quick": quick, "sizes": sizes, "machine": machine(), "runs": runs,
+            "errors": errors, "finished": time.time()}
