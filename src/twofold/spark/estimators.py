@@ -61,8 +61,9 @@ class _PartitionedEstimator(Estimator, _TwofoldParams):
         params = {name: self.getOrDefault(name) for name in self.hyper}
         task = partitioned.Task(self._config(), path, dataset_id, self.algorithm, tuple(columns), label, params,
                                 self.getOrDefault("release"), partitioned.new_job())
-        result = partitioned.fit(dataset.select("index").rdd.map(lambda r: r[0]), len(body["files"]), task,
-                                 progress=getattr(self, "_progress", None))
+        indices = [r["index"] for r in rows]  # one Spark partition per encrypted file, reused by every pass
+        index_rdd = dataset.sparkSession.sparkContext.parallelize(indices, len(indices))
+        result = partitioned.fit(index_rdd, len(body["files"]), task, progress=getattr(self, "_progress", None))
         model_file = ModelFile(self.algorithm, "partitioned", task.release, dataset_id, result.model_id,
                                read_manifest(Path(path))["keys"]["mac_key"], columns, label, params,
                                result.sealed_model)

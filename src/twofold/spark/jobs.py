@@ -141,10 +141,10 @@ def _predict_partitioned(spark: Any, model: ModelFile, path: Path, enclave: Encl
                          columns: list[str], label: str) -> pa.Table:
     doc = read_manifest(path)
     dataset_id = doc["manifest"]["dataset_id"]
-    files = encrypted_files(spark, path)
     task = partitioned.Task(enclave, str(path.resolve()), dataset_id, model.algorithm, tuple(columns), label,
                             model.params, "sealed", partitioned.new_job())
-    sealed = partitioned.predict(files.select("index").rdd.map(lambda r: r[0]), len(doc["manifest"]["files"]), task,
+    count = len(doc["manifest"]["files"])
+    sealed = partitioned.predict(spark.sparkContext.parallelize(range(count), count), count, task,
                                  {"model_dataset_id": model.dataset_id, "model_mac_key": model.mac_key,
                                   "model_id": model.model_id, "model": model.sealed})
     key = jobs.job_key(owner.unwrap(doc["keys"]["mac_key"], mf.mac_context(dataset_id)), task.job)

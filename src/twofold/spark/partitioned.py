@@ -52,7 +52,8 @@ def _stats_task(task: Task, iteration: int, state: bytes, indices: Iterator[int]
     host = HostEnclave(task.config)
     for index in indices:
         began = time.perf_counter()
-        host.ensure_partition(task.path, task.dataset_id, index)
+        if iteration == 0:
+            host.ensure_partition(task.path, task.dataset_id, index)
         loaded = time.perf_counter()
         reply = host.partition_call(task.path, task.dataset_id, index, "fit_stats", algorithm=task.algorithm,
                                     columns=list(task.columns), label=task.label, params=task.params,
