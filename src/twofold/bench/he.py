@@ -4,7 +4,8 @@ Steps: split the dataset (70/30, stratified, seed 0), give each half of the trai
 owner, fit the public binning on the training split, start SU and MU with ``python -m twofold he serve``, let
 the owners encrypt and upload, train, then query with encrypted queries. Times are wall-clock at the caller;
 bytes are counted by the transport (MU's links). ``plaintext_accuracy`` is scikit-learn's CategoricalNB on the
-same binning and split. A python-paillier (``phe``) primitive comparison runs at the same key size.
+same binning and split for nb, and LogisticRegression on the same standardized fixed-point features for lr.
+A python-paillier (``phe``) primitive comparison runs at the same key size.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from twofold.bench.common import machine, timed
 from twofold.errors import ConfigError, InputError, ServiceError
 
-IMPLEMENTED = ("nb",)
+IMPLEMENTED = ("nb", "lr")
 
 
 def load_dataset(name: str, label: str | None) -> tuple[list[str], list[list[float]], list[str]]:
@@ -107,6 +108,18 @@ def _plaintext_nb(schema: Any, xtr: list, ytr: list, xte: list, yte: list) -> fl
     return float(np.mean(pred == np.array([schema.class_index(y) for y in yte])))
 
 
+def _plaintext_lr(schema: Any, xtr: list, ytr: list, xte: list, yte: list) -> float:
+    """scikit-learn's LogisticRegression (defaults) on the same fixed-point standardized encoding."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    def enc(rows: list) -> Any:
+        return np.array([schema.encode_row(r) for r in rows], dtype=float) / 256
+
+    model = LogisticRegression(max_iter=5000).fit(enc(xtr), [schema.class_index(y) for y in ytr])
+    return float(np.mean(model.predict(enc(xte)) == np.array([schema.class_index(y) for y in yte])))
+
+
 def phe_comparison(key_bits: int, ops: int = 10) -> dict[str, Any]:
     """Per-operation milliseconds of python-paillier and of DT-PKC at the same modulus size."""
     import secrets
@@ -173,12 +186,13 @@ def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, 
     owner_seconds, owner_bytes = 0.0, 0
     for name, _, _ in owners:
         party = Party(info, name, mu)
-        seconds, _ = timed(lambda p=party, n=name: p.upload(tmp / f"{n}.csv", label))
+        seconds, _ = timed(lambda p=party, n=name: p.upload(tmp / f"{n}.csv", label, model=algorithm))
         owner_seconds += seconds
         owner_bytes += party.stats.sent + party.stats.received
     log(f"{algorithm}: training")
     admin = Party(info, "admin", mu)
-    train_seconds, trained = timed(lambda: admin.request("train", {"model": algorithm, "chunk": 256}))
+    body = {"model": algorithm, "chunk": 256, "iterations": 0, "fresh": True}
+    train_seconds, trained = timed(lambda: admin.request("train", body))
     client = Party(info, "client", mu)
     queries = xte if max_queries is None else xte[:max_queries]
     truth = yte[: len(queries)]
@@ -187,6 +201,7 @@ def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, 
                  for r in queries[:latency_queries]]
     batch_seconds, predicted = timed(lambda: client.predict(queries, model=algorithm, batch=16))
     accuracy = sum(p == y for p, y in zip(predicted, truth, strict=True)) / len(truth)
+    reference = _plaintext_lr if algorithm == "lr" else _plaintext_nb
     return {
         "algorithm": algorithm,
         "owner_encrypt_seconds": owner_seconds,
@@ -199,8 +214,11 @@ def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, 
         "bytes_client_mu": client.stats.sent + client.stats.received,
         "queries": len(queries),
         "accuracy": accuracy,
-        "plaintext_accuracy": _plaintext_nb(schema, xtr, ytr, queries, truth),
-        "plaintext_accuracy_full_test": _plaintext_nb(schema, xtr, ytr, xte, yte),
+        "plaintext_accuracy": reference(schema, xtr, ytr, queries, truth),
+        "plaintext_accuracy_full_test": reference(schema, xtr, ytr, xte, yte),
+        "plaintext_reference": ("scikit-learn LogisticRegression() on the same standardized fixed-point features"
+                                if algorithm == "lr" else "scikit-learn CategoricalNB on the same bins"),
+        "iterations": trained.get("iterations"),
         "offline_pool_seconds": offline_seconds,
         "pool_pairs_target": pool,
         "records": len(xtr),
@@ -216,6 +234,7 @@ def run(dataset: str, label: str | None, algorithms: list[str], key_bits: int, *
 
     from twofold.he.client import Party
     from twofold.he.keys import enroll, init_system
+    from twofold.he.models import lr
     from twofold.he.models.nb import fit_schema
 
     unknown = [a for a in algorithms if a not in ("nb", "dt", "lr")]
@@ -237,13 +256,16 @@ def run(dataset: str, label: str | None, algorithms: list[str], key_bits: int, *
         enroll(info, "client", "client")
         schema = fit_schema(features, label, xtr, ytr, bins)
         (info.public / "schema.json").write_text(schema.to_json() + "\n")
+        lr_schema = lr.fit_schema(features, label, xtr, ytr)
+        (info.public / "lr.json").write_text(lr_schema.to_json() + "\n")
         servers = Servers(root, pool)
         try:
             mu = servers.start()
             offline_seconds = _wait_for_pools(Party(info, "admin", mu), pool, log)
             for algorithm in [a for a in algorithms if a in IMPLEMENTED]:
-                results.append(_run_algorithm(algorithm, info, mu, owners, Path(tmp), label, schema, xtr, ytr, xte,
-                                              yte, max_queries, latency_queries, offline_seconds, pool, log))
+                results.append(_run_algorithm(algorithm, info, mu, owners, Path(tmp), label,
+                                              lr_schema if algorithm == "lr" else schema, xtr, ytr, xte, yte,
+                                              max_queries, latency_queries, offline_seconds, pool, log))
             status = Party(info, "admin", mu).request("status", {})
         finally:
             servers.stop()

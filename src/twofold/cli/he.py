@@ -25,7 +25,7 @@ def _open(system_dir: Path):
 
 @click.group()
 def he() -> None:
-    """Two-server homomorphic learning over DT-PKC (Priv-NB)."""
+    """Two-server homomorphic learning over DT-PKC (Priv-NB, Priv-LR)."""
 
 
 @he.command("init")
@@ -62,6 +62,7 @@ def enroll_cmd(system_dir: Path, name: str, role: str) -> None:
 def schema_cmd(system_dir: Path, data: Path, label: str, bins: int) -> None:
     """Write the public binning (equal-frequency edges of DATA) that owners, clients and MU share."""
     from twofold.he.client import read_table
+    from twofold.he.models import lr
     from twofold.he.models.nb import fit_schema
 
     system = _open(system_dir)
@@ -69,6 +70,9 @@ def schema_cmd(system_dir: Path, data: Path, label: str, bins: int) -> None:
     schema = fit_schema(features, label, rows, labels, bins)
     (system.public / "schema.json").write_text(schema.to_json() + "\n")
     info(f"schema: {len(features)} features x {bins} bins, classes {', '.join(schema.classes)}")
+    if len(schema.classes) == 2:
+        (system.public / "lr.json").write_text(lr.fit_schema(features, label, rows, labels).to_json() + "\n")
+        info("standardization for Priv-LR written to public/lr.json")
 
 
 @he.command("serve")
@@ -101,13 +105,15 @@ def serve(role: str, system_dir: Path, host: str, port: int, su_address: str | N
 @click.argument("data", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--label", required=True)
 @click.option("--chunk-records", type=click.IntRange(1), default=64, show_default=True)
-def upload(system_dir: Path, mu_address: str, owner: str, data: Path, label: str, chunk_records: int) -> None:
-    """Encrypt DATA's records under the owner's key and upload them to MU."""
+@click.option("--model", "--algorithm", "model", type=click.Choice(["nb", "lr"]), default="nb", show_default=True)
+def upload(system_dir: Path, mu_address: str, owner: str, data: Path, label: str, chunk_records: int,
+           model: str) -> None:
+    """Encrypt DATA's records under the owner's key and upload them to MU (for one model's encoding)."""
     from twofold.he.client import Party
 
     party = Party(_open(system_dir), owner, mu_address)
     with progress_bar("encrypting and uploading", None) as advance:
-        result = party.upload(data, label, chunk_records=chunk_records, progress=advance)
+        result = party.upload(data, label, chunk_records=chunk_records, model=model, progress=advance)
     info(f"uploaded; {owner} now has {result['records']} records in {result['chunks']} chunks "
          f"({party.stats.sent} bytes sent)")
 
@@ -115,14 +121,19 @@ def upload(system_dir: Path, mu_address: str, owner: str, data: Path, label: str
 @he.command("train")
 @system_option
 @mu_option
-@click.option("--model", type=click.Choice(["nb"]), default="nb", show_default=True)
+@click.option("--model", "--algorithm", "model", type=click.Choice(["nb", "lr"]), default="nb", show_default=True)
 @click.option("--admin", default="admin", show_default=True)
 @click.option("--chunk", type=click.IntRange(1), default=256, show_default=True, help="Table entries per SU round.")
-def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int) -> None:
-    """Ask MU to train (or resume training) a model over all uploaded data."""
+@click.option("--iterations", type=click.IntRange(0), default=0,
+              help="lr: gradient steps (default 10); they continue from the stored encrypted weights.")
+@click.option("--fresh", is_flag=True, help="lr: start from zero weights instead of the stored model.")
+def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int, iterations: int,
+          fresh: bool) -> None:
+    """Ask MU to train (resume, or for lr warm-start) a model over all uploaded data."""
     from twofold.he.client import Party
 
-    result = Party(_open(system_dir), admin, mu_address).request("train", {"model": model, "chunk": chunk})
+    body = {"model": model, "chunk": chunk, "iterations": iterations, "fresh": fresh}
+    result = Party(_open(system_dir), admin, mu_address).request("train", body)
     info(f"trained {model} on {result['records']} records from {result['owners']} owner(s) in "
          f"{result['seconds']:.2f} s{' (resumed)' if result['resumed'] else ''}; MU-SU {result['bytes_mu_su']} bytes")
 
@@ -131,7 +142,7 @@ def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int)
 @system_option
 @mu_option
 @click.option("--client", "client_name", required=True, help="Enrolled client name.")
-@click.option("--model", type=click.Choice(["nb"]), default="nb", show_default=True)
+@click.option("--model", "--algorithm", "model", type=click.Choice(["nb", "lr"]), default="nb", show_default=True)
 @click.argument("data", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--label", default=None, help="If given, report accuracy against this column.")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
@@ -172,7 +183,7 @@ def status(system_dir: Path, mu_address: str, admin: str) -> None:
 @click.option("--dataset", default="breast_cancer", show_default=True,
               help="breast_cancer, wine, digits or csv:PATH.")
 @click.option("--label", default=None, help="Label column for csv: datasets.")
-@click.option("--algorithms", default="nb", show_default=True, help="Comma-separated; implemented: nb.")
+@click.option("--algorithms", default="nb", show_default=True, help="Comma-separated; implemented: nb, lr.")
 @click.option("--key-bits", type=int, default=2048, show_default=True)
 @click.option("--bins", type=click.IntRange(2, 255), default=5, show_default=True)
 @click.option("--max-queries", type=click.IntRange(1), default=None,

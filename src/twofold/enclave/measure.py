@@ -55,10 +55,9 @@ def twofold_imports(path: Path) -> set[str]:
     return found
 
 
-def tcb_files() -> list[Path]:
-    """The enclave package's files plus every twofold module they import, transitively, in canonical order."""
-    pending = [p for p in (PACKAGE_ROOT / "enclave").rglob("*.py")]
-    pending.append(PACKAGE_ROOT / "__init__.py")
+def import_closure(seeds: list[Path]) -> list[Path]:
+    """``seeds`` plus every twofold module they import, transitively, in canonical (path) order."""
+    pending = [*seeds, PACKAGE_ROOT / "__init__.py"]
     seen: set[Path] = set()
     while pending:
         path = pending.pop()
@@ -72,6 +71,16 @@ def tcb_files() -> list[Path]:
                 if resolved is not None and resolved not in seen:
                     pending.append(resolved)
     return sorted(seen, key=lambda p: p.relative_to(PACKAGE_ROOT).as_posix())
+
+
+def tcb_files() -> list[Path]:
+    """The partitioned-mode TCB: the enclave package and every twofold module it imports."""
+    return import_closure(list((PACKAGE_ROOT / "enclave").rglob("*.py")))
+
+
+def whole_files() -> list[Path]:
+    """What a whole-mode executor loads from twofold to decrypt: ``spark/whole.py`` and its imports."""
+    return import_closure([PACKAGE_ROOT / "spark" / "__init__.py", PACKAGE_ROOT / "spark" / "whole.py"])
 
 
 def measure(files: list[Path]) -> str:
@@ -105,5 +114,5 @@ def current_measurement() -> str:
 
 
 def whole_measurement() -> str:
-    """Whole mode trusts the entire executor: its measurement covers every twofold file."""
-    return measure(sorted(PACKAGE_ROOT.rglob("*.py"), key=lambda p: p.relative_to(PACKAGE_ROOT).as_posix()))
+    """Whole mode's measurement: the twofold code an executor runs on plaintext (see :func:`whole_files`)."""
+    return measure(whole_files())

@@ -12,8 +12,8 @@ from twofold.crypto import dtpkc
 from twofold.errors import InputError
 from twofold.he import codec
 from twofold.he.keys import SystemInfo
-from twofold.he.models import nb
-from twofold.he.mu import load_schema
+from twofold.he.models import lr, nb
+from twofold.he.mu import load_lr_schema, load_schema
 from twofold.he.randomness import PairPool
 from twofold.he.transport import Channel, LinkStats, client_context, connect
 
@@ -88,25 +88,34 @@ class Party:
 
     # ---------------------------------------------------------------------------------------------- owner
 
-    def upload(self, path: Path, label: str, *, chunk_records: int = 64,
-               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Encrypt every record of a CSV under this owner's key and upload it in chunks."""
+    def _encoder(self, model: str) -> tuple[Any, Callable[[list[float], str], list[dtpkc.Ciphertext]]]:
+        pool = self.pool()
+        if model == "lr":
+            lschema = load_lr_schema(self.info)
+            llay = lr.layout_for(self.params, lschema)
+            return lschema, lambda row, y: lr.encrypt_record(pool.encrypt, llay, lschema.encode_row(row),
+                                                             lschema.class_index(y))
         schema = load_schema(self.info)
+        lay = nb.layout_for(self.params, schema)
+        return schema, lambda row, y: nb.encrypt_record(pool.encrypt, lay, schema.bin_row(row),
+                                                        schema.class_index(y))
+
+    def upload(self, path: Path, label: str, *, chunk_records: int = 64, model: str = "nb",
+               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Encrypt every record of a CSV under this owner's key and upload it in chunks (per model)."""
+        schema, encode = self._encoder(model)
         if label != schema.label:
             raise InputError(f"the schema's label column is {schema.label!r}, not {label!r}")
         rows, labels = read_csv(path, schema.features, label)
-        lay = nb.layout_for(self.params, schema)
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-        pool = self.pool()
         result: dict[str, Any] = {}
         with self.connect() as channel:
             for index, start in enumerate(range(0, len(rows), chunk_records)):
                 cts = []
                 batch = range(start, min(len(rows), start + chunk_records))
                 for i in batch:
-                    cts += nb.encrypt_record(pool.encrypt, lay, schema.bin_row(rows[i]),
-                                             schema.class_index(labels[i]))  # type: ignore[index]
-                body = {"model": "nb", "key_id": codec.key_id(self.keys.public), "chunk": f"{digest}-{index}",
+                    cts += encode(rows[i], labels[i])  # type: ignore[index]
+                body = {"model": model, "key_id": codec.key_id(self.keys.public), "chunk": f"{digest}-{index}",
                         "records": len(batch), "cts": [codec.ct_to_bytes(self.params, c) for c in cts]}
                 result = channel.request("upload", body)["result"]
                 if progress:
@@ -115,10 +124,15 @@ class Party:
 
     # --------------------------------------------------------------------------------------------- client
 
-    def encrypt_queries(self, rows: list[list[float]]) -> tuple[nb.Schema, list[list[bytes]]]:
+    def encrypt_queries(self, rows: list[list[float]], model: str = "nb") -> tuple[Any, list[list[bytes]]]:
+        pool = self.pool()
+        if model == "lr":
+            lschema = load_lr_schema(self.info)
+            llay = lr.layout_for(self.params, lschema)
+            return lschema, [[codec.ct_to_bytes(self.params, c)
+                              for c in lr.encrypt_query(pool.encrypt, llay, lschema.encode_row(r))] for r in rows]
         schema = load_schema(self.info)
         lay = nb.layout_for(self.params, schema)
-        pool = self.pool()
         queries = [[codec.ct_to_bytes(self.params, c) for c in nb.encrypt_query(pool.encrypt, lay, schema.bin_row(r))]
                    for r in rows]
         return schema, queries
@@ -126,7 +140,7 @@ class Party:
     def predict(self, rows: list[list[float]], *, model: str = "nb", batch: int = 16,
                 progress: Callable[[int], None] | None = None) -> list[str]:
         """Class labels for the rows: queries and answers travel encrypted; only this client decrypts."""
-        schema, queries = self.encrypt_queries(rows)
+        schema, queries = self.encrypt_queries(rows, model)
         out: list[str] = []
         with self.connect() as channel:
             for part in chunks(queries, batch):
@@ -137,7 +151,7 @@ class Party:
                     progress(len(part))
         return out
 
-    def decrypt_class(self, schema: nb.Schema, answer: bytes) -> str:
+    def decrypt_class(self, schema: Any, answer: bytes) -> str:
         index = int(dtpkc.weak_decrypt(self.keys.secret, codec.ct_from_bytes(self.params, answer)))
         if not 0 <= index < len(schema.classes):
             raise InputError("answer decrypts to no class")

@@ -18,15 +18,15 @@ import msgpack
 from twofold.crypto import dtpkc
 from twofold.errors import ConfigError, InputError, KeyAccessError, ProtocolError, ServiceError
 from twofold.fsutil import make_private_dir, write_private
-from twofold.he import codec
+from twofold.he import codec, fastexp
 from twofold.he.blocks import Blocks
 from twofold.he.keys import SystemInfo, check_name
-from twofold.he.models import nb
+from twofold.he.models import lr, nb
 from twofold.he.randomness import PairPool
 from twofold.he.transport import Channel, LinkStats, client_context, connect
 
 log = logging.getLogger("twofold.he")
-MODELS = ("nb",)
+MODELS = ("nb", "lr")
 
 
 def load_schema(info: SystemInfo) -> nb.Schema:
@@ -36,6 +36,15 @@ def load_schema(info: SystemInfo) -> nb.Schema:
     import json
 
     return nb.Schema.from_dict(json.loads(path.read_text()))
+
+
+def load_lr_schema(info: SystemInfo) -> lr.LRSchema:
+    path = info.public / "lr.json"
+    if not path.exists():
+        raise ConfigError(f"no public standardization at {path}: run `twofold he schema` first")
+    import json
+
+    return lr.LRSchema.from_dict(json.loads(path.read_text()))
 
 
 class _FileCheckpoint(nb.Checkpoint):
@@ -64,7 +73,7 @@ class MasterUnit:
         self.share = info.share("mu", self.params)
         self.system_pk = info.system_key(self.params)
         self.state = make_private_dir(Path(state))
-        for sub in ("owners", "models", "checkpoints"):
+        for sub in ("owners", "lr-owners", "models", "checkpoints"):
             make_private_dir(self.state / sub)
         self.threads = threads
         self.system_pool = PairPool(self.system_pk)
@@ -72,6 +81,7 @@ class MasterUnit:
             self.system_pool.start_background(pool_target)
         self.su_address = su_address
         self.su_stats = LinkStats()
+        self._t1: fastexp.T1Source | None = None
         self._su_factory = su_factory
         self._su: Channel | None = None
         self._su_lock = threading.Lock()
@@ -117,6 +127,11 @@ class MasterUnit:
     def blocks(self) -> Blocks:
         return Blocks(self._link(), self.share, self.system_pool, threads=self.threads)
 
+    def t1(self) -> fastexp.T1Source:
+        if self._t1 is None:
+            self._t1 = fastexp.T1Source(self.system_pk)
+        return self._t1
+
     def _registered_key(self, name: str, role: str, key: bytes) -> dtpkc.PublicKey:
         entry = self.info.registry().get(name)
         if entry is None or entry["role"] != role or bytes.fromhex(entry["pk"]) != key:
@@ -153,6 +168,8 @@ class MasterUnit:
         if body["model"] not in MODELS:
             raise InputError(f"unknown model {body['model']!r}")
         self._registered_key(peer[1], "owner", body["key_id"])
+        if body["model"] == "lr":
+            return self._upload_lr(body, peer)
         lay = nb.layout_for(self.params, load_schema(self.info))
         records = body["records"]
         if records < 1 or len(body["cts"]) != records * lay.cts_per_record:
@@ -178,6 +195,67 @@ class MasterUnit:
             self._save(path, doc)
         return {"records": doc["records"], "chunks": len(doc["chunks"])}
 
+    def _upload_lr(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
+        """Keep each record's feature ciphertexts; add its label statistics into the owner's aggregate."""
+        lay = lr.layout_for(self.params, load_lr_schema(self.info))
+        records = body["records"]
+        if records < 1 or len(body["cts"]) != records * lay.cts_per_record:
+            raise ProtocolError("upload does not hold records x ciphertexts-per-record ciphertexts")
+        cts = codec.cts_from_bytes(self.params, body["cts"])
+        with self._upload_lock:
+            path = self.state / "lr-owners" / f"{check_name(peer[1])}.msgpack"
+            doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "x": [], "stats": None}
+            if doc["key"] != body["key_id"]:
+                raise KeyAccessError("owner key changed since the first upload")
+            if body["chunk"] in doc["chunks"]:
+                raise InputError(f"chunk {body['chunk']!r} was already uploaded")
+            if doc["records"] + records >= 1 << lr.COUNT_BITS:
+                raise InputError("too many training records for the statistics layout")
+            agg = codec.cts_from_bytes(self.params, doc["stats"]) if doc["stats"] else None
+            for r in range(records):
+                rec = cts[r * lay.cts_per_record : (r + 1) * lay.cts_per_record]
+                doc["x"] += [codec.ct_to_bytes(self.params, c) for c in rec[: lay.a_cts]]
+                st = rec[lay.a_cts :]
+                agg = st if agg is None else [dtpkc.add(self.params, a, b) for a, b in zip(agg, st, strict=True)]
+            doc["stats"] = [codec.ct_to_bytes(self.params, c) for c in agg]  # type: ignore[union-attr]
+            doc["records"] += records
+            doc["chunks"].append(body["chunk"])
+            self._save(path, doc)
+        return {"records": doc["records"], "chunks": len(doc["chunks"])}
+
+    def _lr_owners(self) -> list[lr.OwnerData]:
+        out = []
+        for path in sorted((self.state / "lr-owners").glob("*.msgpack")):
+            doc = self._load(path)
+            if doc and doc["records"]:
+                out.append(lr.OwnerData(dtpkc.public_key_from_bytes(self.params, doc["key"]), doc["records"],
+                                        doc["x"], doc["stats"]))
+        return out
+
+    def _train_lr(self, body: dict[str, Any]) -> dict[str, Any]:
+        owners = self._lr_owners()
+        prev = None if body["fresh"] else self._load(self.state / "models" / "lr.msgpack")
+        before = self.su_stats.sent + self.su_stats.received
+        start = time.perf_counter()
+
+        def progress(step: str, done: int, total: int) -> None:
+            self.progress = {"model": "lr", "step": step, "done": done, "total": total}
+
+        try:
+            model = lr.train(self.blocks(), self.t1(), load_lr_schema(self.info), owners,
+                             prev["w"] if prev else None, body["iterations"] or lr.ITERATIONS, progress=progress)
+        except ServiceError as exc:
+            self._drop_link()
+            raise ServiceError(f"SU failed during training ({exc}); the stored weights are unchanged: rerun "
+                               "train") from None
+        if prev:
+            model["iterations"] += prev.get("iterations", 0)
+        self._save(self.state / "models" / "lr.msgpack", model)
+        self._models["lr"] = model
+        return {"model": "lr", "records": model["records"], "owners": len(owners), "resumed": model["resumed"],
+                "seconds": time.perf_counter() - start, "iterations": model["iterations"],
+                "bytes_mu_su": self.su_stats.sent + self.su_stats.received - before}
+
     def _owners(self) -> tuple[list[tuple[dtpkc.PublicKey, list[bytes]]], int]:
         owners, records = [], 0
         for path in sorted((self.state / "owners").glob("*.msgpack")):
@@ -193,6 +271,8 @@ class MasterUnit:
         if not self._train_lock.acquire(blocking=False):
             raise ServiceError("a training run is already in progress")
         try:
+            if body["model"] == "lr":
+                return self._train_lr(body)
             schema = load_schema(self.info)
             owners, records = self._owners()
             checkpoint = _FileCheckpoint(self.state / "checkpoints" / f"{body['model']}.msgpack")
@@ -220,10 +300,13 @@ class MasterUnit:
             self._train_lock.release()
 
     def _status(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
-        owners = {}
+        owners, lr_owners = {}, {}
         for path in sorted((self.state / "owners").glob("*.msgpack")):
             doc = self._load(path) or {}
             owners[path.stem] = doc.get("records", 0)
+        for path in sorted((self.state / "lr-owners").glob("*.msgpack")):
+            doc = self._load(path) or {}
+            lr_owners[path.stem] = doc.get("records", 0)
         models = sorted(p.stem for p in (self.state / "models").glob("*.msgpack"))
         links = {role: s.as_dict() for role, s in self.link_stats.items()}
         links["su"] = self.su_stats.as_dict()
@@ -234,7 +317,8 @@ class MasterUnit:
             except Exception as exc:  # status must work while SU is down
                 self._drop_link()
                 su = {"error": str(exc)}
-        return {"owners": owners, "models": models, "links": links, "pool": len(self.system_pool), "su": su,
+        return {"owners": owners, "lr_owners": lr_owners, "models": models, "links": links,
+                "pool": len(self.system_pool), "su": su,
                 "progress": dict(self.progress), "bits": self.params.bits}
 
     def _predict(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
@@ -244,7 +328,8 @@ class MasterUnit:
         model = self.model(body["model"])
         queries = [codec.cts_from_bytes(self.params, q) for q in body["queries"]]
         try:
-            answers = nb.predict(self.blocks(), model, queries, pk)
+            module = lr if body["model"] == "lr" else nb
+            answers = module.predict(self.blocks(), model, queries, pk)
         except ServiceError:
             self._drop_link()
             raise

@@ -40,7 +40,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     # parties -> MU
     "hello": {"version": "int"},
     "upload": {"model": "str", "key_id": "bytes", "chunk": "str", "records": "int", "cts": ["bytes"]},
-    "train": {"model": "str", "chunk": "int"},
+    "train": {"model": "str", "chunk": "int", "iterations": "int", "fresh": "bool"},
     "status": {},
     "predict": {"model": "str", "key_id": "bytes", "queries": [["bytes"]]},
     # MU -> SU building blocks
@@ -55,6 +55,16 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
                       "features": "int"},
     "su.argmax": {"target": "bytes", "classes": "int", "width": "int", "items": _PAIRS},
     "su.stats": {},
+    # MU -> SU, Priv-LR
+    "lr.load": {"session": "str", "cols": "int", "width": "int", "slots": "int", "per": "int", "x": _PAIRS,
+                "stats": _PAIRS, "swidth": "int", "sslots": "int"},
+    "lr.forward": {"session": "str", "w": ["bytes"]},
+    "lr.sigmoid": {"session": "str", "z": _PAIRS, "zwidth": "int", "zslots": "int", "trig": ["bytes"],
+                   "period": "int", "harmonics": ["int"], "coef": ["int"]},
+    "lr.backward": {"session": "str"},
+    "lr.scale": {"items": _PAIRS, "width": "int", "slots": "int", "count": "int", "mult": "int", "shift": "int"},
+    "lr.dot": {"w": ["bytes"], "x": _PAIRS, "per": "int", "cols": "int", "width": "int", "slots": "int"},
+    "lr.close": {"session": "str"},
 }
 
 _ERRORS: dict[str, type[TwofoldError]] = {

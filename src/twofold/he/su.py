@@ -15,11 +15,12 @@ from typing import Any
 
 from twofold.crypto import dtpkc
 from twofold.errors import InputError, KeyAccessError, ProtocolError
-from twofold.he import codec
+from twofold.he import codec, fastexp
 from twofold.he.keys import SystemInfo
 from twofold.he.randomness import PairPool
 
 MAX_ITEMS = 1_000_000
+MAX_SESSIONS = 4
 
 
 class SecondaryUnit:
@@ -45,7 +46,12 @@ class SecondaryUnit:
             "hello": self._hello, "su.key_switch": self._key_switch, "su.mul": self._mul,
             "su.compare": self._compare, "su.shares_mulpack": self._shares_mulpack, "su.log_pack": self._log_pack,
             "su.select_sum": self._select_sum, "su.argmax": self._argmax, "su.stats": self._stats,
+            "lr.load": self._lr_load, "lr.forward": self._lr_forward, "lr.sigmoid": self._lr_sigmoid,
+            "lr.backward": self._lr_backward, "lr.scale": self._lr_scale, "lr.dot": self._lr_dot,
+            "lr.close": self._lr_close,
         }
+        self._sessions: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._t1: fastexp.T1Source | None = None
 
     # ------------------------------------------------------------------------------------------- plumbing
 
@@ -216,3 +222,117 @@ class SecondaryUnit:
             k = max(range(classes), key=lambda i: slots[i])
             out += [pool.encrypt(1 if i == k else 0) for i in range(classes)]
         return self._out(out)
+
+    # ----------------------------------------------------------------------------------------- Priv-LR
+
+    def t1(self) -> fastexp.T1Source:
+        if self._t1 is None:
+            self._t1 = fastexp.T1Source(self.system_pk)
+        return self._t1
+
+    def _session(self, sid: str) -> dict[str, Any]:
+        if sid not in self._sessions:
+            raise InputError("unknown or expired Priv-LR session (SU restarted?): rerun train")
+        return self._sessions[sid]
+
+    def _rows(self, body: dict[str, Any]) -> list[list[int]]:
+        """Open blinded packed records into rows [2^FX, x_1 + m_1, ...] (SU's additive share)."""
+        from twofold.he.models.lr import FX
+
+        cols, width, slots, per = body["cols"], body["width"], body["slots"], body["per"]
+        if not 1 <= cols <= 4096 or slots < 1 or slots * width >= self.params.bits or per != -(-cols // slots):
+            raise ProtocolError("bad record layout")
+        values = self._open(body["x"])
+        if len(values) % per:
+            raise ProtocolError("records are not whole")
+        rows = []
+        for r in range(0, len(values), per):
+            flat = [v for x in values[r:r + per] for v in codec.unpack(x, width, slots)]
+            rows.append([1 << FX, *flat[:cols]])
+        return rows
+
+    def _lr_load(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Keep the opened share A = X + M' for the session; return the opened label statistics re-encrypted."""
+        swidth, sslots = body["swidth"], body["sslots"]
+        if sslots < 1 or swidth * sslots >= self.params.bits or not isinstance(body["session"], str):
+            raise ProtocolError("bad statistics layout")
+        rows = self._rows(body)
+        if not rows:
+            raise InputError("no records to train on")
+        t1 = self.t1()
+        out = [t1.encrypt(v) for x in self._open(body["stats"]) for v in codec.unpack(x, swidth, sslots)]
+        self._sessions[body["session"]] = {"a": rows, "e": None}
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        return self._out(out)
+
+    def _lr_forward(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """[A_i . w] for every stored row, re-randomized."""
+        rows = self._session(body["session"])["a"]
+        w = codec.cts_from_bytes(self.params, body["w"])
+        if len(w) != len(rows[0]):
+            raise ProtocolError("weights do not match the session's columns")
+        t1 = self.t1()
+        return self._out([t1.rerandomize(c) for c in fastexp.t1_multiexp(w, rows, self.params)])
+
+    def _lr_sigmoid(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Open s = z + r; [e] = sum_k c_k (sin(h s') [cos(h r')] - cos(h s') [sin(h r')]) by angle addition."""
+        session = self._session(body["session"])
+        n = len(session["a"])
+        zwidth, zslots, period, harmonics, coef = (body[k] for k in ("zwidth", "zslots", "period", "harmonics",
+                                                                    "coef"))
+        if zslots < 1 or zwidth * zslots >= self.params.bits or period < 2 or not 1 <= len(harmonics) <= 16 \
+                or len(coef) != len(harmonics) or any(abs(c) >= 1 << 32 for c in coef) \
+                or any(not 1 <= h <= 1 << 16 for h in harmonics):
+            raise ProtocolError("bad sigmoid parameters")
+        s = [v for x in self._open(body["z"]) for v in codec.unpack(x, zwidth, zslots)][:n]
+        trig = codec.cts_from_bytes(self.params, body["trig"])
+        k = len(harmonics)
+        if len(s) != n or len(trig) != 2 * k * n:
+            raise ProtocolError("sigmoid inputs do not match the session")
+        p, t1, out = self.params, self.t1(), []
+        for i, v in enumerate(s):
+            phase = 2 * math.pi * (v % period) / period
+            terms, exps = [], []
+            for j, (h, c) in enumerate(zip(harmonics, coef, strict=True)):
+                terms += [trig[2 * k * i + 2 * j], trig[2 * k * i + 2 * j + 1]]
+                exps += [round(c * math.sin(h * phase)), -round(c * math.cos(h * phase))]
+            acc = fastexp.t1_scalar(terms[0], exps[0], p)
+            for ct, e in zip(terms[1:], exps[1:], strict=True):
+                acc = fastexp.t1_add(acc, fastexp.t1_scalar(ct, e, p), p)
+            out.append(t1.rerandomize(acc))
+        session["e"] = out
+        return self._out(out)
+
+    def _lr_backward(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """[A^T e] from the session's share and its last sigmoid values."""
+        session = self._session(body["session"])
+        if session["e"] is None:
+            raise InputError("no sigmoid values in this session yet")
+        columns = [list(col) for col in zip(*session["a"], strict=True)]
+        t1 = self.t1()
+        return self._out([t1.rerandomize(c) for c in fastexp.t1_multiexp(session["e"], columns, self.params)])
+
+    def _lr_scale(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Enc(floor(v * mult / 2^shift)) for each opened blinded slot v."""
+        width, slots, count, mult, shift = (body[k] for k in ("width", "slots", "count", "mult", "shift"))
+        if slots < 1 or width * slots >= self.params.bits or not 0 < mult < 1 << 64 or not 0 <= shift <= 1024:
+            raise ProtocolError("bad scaling parameters")
+        values = [v for x in self._open(body["items"]) for v in codec.unpack(x, width, slots)][:count]
+        if len(values) != count:
+            raise ProtocolError("too few slots")
+        t1 = self.t1()
+        return self._out([t1.encrypt((v * mult) >> shift) for v in values])
+
+    def _lr_dot(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """[(x + m) . w] for opened blinded queries (no state kept)."""
+        rows = self._rows(body)
+        w = codec.cts_from_bytes(self.params, body["w"])
+        if rows and len(w) != len(rows[0]):
+            raise ProtocolError("weights do not match the queries")
+        t1 = self.t1()
+        return self._out([t1.rerandomize(c) for c in fastexp.t1_multiexp(w, rows, self.params)])
+
+    def _lr_close(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        self._sessions.pop(body["session"], None)
+        return "ok", {"result": {}}

@@ -12,37 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twofold.enclave.measure import PACKAGE_ROOT, measure, twofold_imports
-
-ROOTS = ("torch",)
-
-
-def _module_path(module: str) -> Path | None:
-    candidate = PACKAGE_ROOT.joinpath(*module.split(".")[1:])
-    if (candidate / "__init__.py").is_file():
-        return candidate / "__init__.py"
-    if candidate.with_suffix(".py").is_file():
-        return candidate.with_suffix(".py")
-    return None
+from twofold.enclave.measure import PACKAGE_ROOT, import_closure, measure
 
 
 def training_files() -> list[Path]:
     """The ``twofold.torch`` package files plus every twofold module they import, in canonical order."""
-    pending = [p for root in ROOTS for p in (PACKAGE_ROOT / root).rglob("*.py")]
-    pending.append(PACKAGE_ROOT / "__init__.py")
-    seen: set[Path] = set()
-    while pending:
-        path = pending.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for module in twofold_imports(path):
-            parts = module.split(".")
-            for depth in range(2, len(parts) + 1):  # a submodule import loads its packages too
-                resolved = _module_path(".".join(parts[:depth]))
-                if resolved is not None and resolved not in seen:
-                    pending.append(resolved)
-    return sorted(seen, key=lambda p: p.relative_to(PACKAGE_ROOT).as_posix())
+    return import_closure(list((PACKAGE_ROOT / "torch").rglob("*.py")))
 
 
 def training_measurement() -> str:
