@@ -236,7 +236,7 @@ def test_ciphertexts_under_unknown_key_are_rejected(system, servers):
     with pytest.raises(KeyAccessError, match="not registered"):
         client.request("predict", {"model": "nb", "key_id": codec.key_id(alice), "queries": []})
     with pytest.raises(KeyAccessError, match="may not send train"):
-        owner.request("train", {"model": "nb", "chunk": 1})
+        owner.request("train", {"model": "nb", "chunk": 1, "iterations": 0, "fresh": False})
 
 
 def _rogue_identity(tmp_path: Path, role: str) -> tuple[Path, Path]:
@@ -268,3 +268,57 @@ def test_certificate_not_from_system_ca_is_refused(system, servers, tmp_path):
         assert kind == "error"
         with pytest.raises(KeyAccessError, match="may not use this server"):
             protocol.raise_remote(body)
+
+
+def _lr_reference(system: Path, files: list[Path], iterations: int, w0=None):
+    from twofold.he.models import lr
+
+    schema = lr.LRSchema.from_dict(__import__("json").loads((system / "public" / "lr.json").read_text()))
+    rows, labels = [], []
+    for f in files:
+        r, y = read_csv(f, schema.features, "label")
+        rows += r
+        labels += y
+    return schema, lr.reference_train(schema, rows, labels, iterations, w0)
+
+
+def _check_lr(stdout: str, schema, w, queries: Path) -> None:
+    from twofold.he.models import lr
+
+    rows, _ = read_csv(queries, schema.features, "label")
+    got = stdout.split()
+    want = lr.reference_predict(schema, w, rows)
+    for label, ref, row in zip(got, want, rows, strict=True):
+        margin = sum(a * b for a, b in zip([1 << lr.FX, *schema.encode_row(row)], w, strict=True))
+        if abs(margin) > 1 << (lr.FZ - 6):  # away from the boundary the answer must equal the reference
+            assert schema.class_index(label) == ref
+
+
+def test_lr_upload_train_predict_and_warm_start(system, servers):
+    mu, _ = servers
+    root = system.parent
+    for owner in ("olga", "omar"):
+        result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", owner, str(root / f"{owner}.csv"),
+                    "--label", "label", "--algorithm", "lr")
+        assert result.returncode == 0, result.stderr
+    result = he("train", "--system", str(system), "--mu", mu.address, "--algorithm", "lr", "--iterations", "3",
+                "--fresh")
+    assert result.returncode == 0, result.stderr
+    assert "trained lr on 70 records from 2 owner(s)" in result.stderr
+    result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "alice", "--algorithm", "lr",
+                str(root / "queries.csv"))
+    assert result.returncode == 0, result.stderr
+    schema, w1 = _lr_reference(system, [root / "olga.csv", root / "omar.csv"], 3)
+    _check_lr(result.stdout, schema, w1, root / "queries.csv")
+    # online update: a new owner's records, two more steps from the current encrypted weights
+    result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", "otto", str(root / "otto.csv"),
+                "--label", "label", "--algorithm", "lr")
+    assert result.returncode == 0, result.stderr
+    result = he("train", "--system", str(system), "--mu", mu.address, "--algorithm", "lr", "--iterations", "2")
+    assert result.returncode == 0, result.stderr
+    assert "(resumed)" in result.stderr and "on 90 records" in result.stderr
+    result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "carl", "--algorithm", "lr",
+                str(root / "queries.csv"))
+    assert result.returncode == 0, result.stderr
+    _, w2 = _lr_reference(system, [root / f"{o}.csv" for o in ("olga", "omar", "otto")], 2, w1)
+    _check_lr(result.stdout, schema, w2, root / "queries.csv")

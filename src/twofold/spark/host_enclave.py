@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from twofold.errors import ConfigError, ServiceError
 from twofold.trust.enclave_client import EnclaveClient
+from twofold.trust.services import ENCLAVE_ENV
 
 START_TIMEOUT_S = 60.0
 
@@ -66,7 +67,7 @@ def ensure_enclave(config: EnclaveConfig) -> None:
                 [sys.executable, "-m", "twofold", "enclave", "serve", "--socket", config.socket, "--kbs",
                  config.kbs_url, "--cache-mib", str(config.cache_mib), "--idle-exit", str(config.idle_exit_s)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={k: v for k, v in os.environ.items() if k != "TWOFOLD_PASSPHRASE"},
+                env={**{k: v for k, v in os.environ.items() if k != "TWOFOLD_PASSPHRASE"}, **ENCLAVE_ENV},
             )
         config.pid_path.write_text(str(process.pid))
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -100,6 +100,10 @@ class ServiceProcess:
         self.stop()
 
 
+# One BLAS thread per ecall: concurrent tasks already keep every core busy, and nested threads oversubscribe.
+ENCLAVE_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def start_kbs(keystore_dir: Path, policy_path: Path, audit_path: Path, port: int = 0,
               env: dict[str, str] | None = None, log_path: Path | None = None) -> ServiceProcess:
     """The owner's key broker on loopback; the passphrase travels in the environment, never in argv."""
@@ -111,4 +115,5 @@ def start_kbs(keystore_dir: Path, policy_path: Path, audit_path: Path, port: int
 def start_enclave(socket_path: Path, kbs_url: str, env: dict[str, str] | None = None, cache_mib: int = 1024,
                   log_path: Path | None = None) -> ServiceProcess:
     return ServiceProcess("enclave", ["enclave", "serve", "--socket", str(socket_path), "--kbs", kbs_url,
-                                      "--cache-mib", str(cache_mib)], env=env, log_path=log_path)
+                                      "--cache-mib", str(cache_mib)], env={**ENCLAVE_ENV, **(env or {})},
+                          log_path=log_path)

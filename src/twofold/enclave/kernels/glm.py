@@ -36,15 +36,22 @@ class LogisticRegression:
     def stats(self, X, y, state, params, index):
         if phase(state) == 0:
             return moments(X, y)
-        Xs = X / state["scale"]
-        w, b = state["w"][:-1], state["w"][-1]
-        z = Xs @ w + (b if params.get("fitIntercept", True) else 0.0)
+        scale = state["scale"]
+        w = state["w"][:-1] / scale  # work in standardized space without materialising X / scale
+        b = state["w"][-1] if params.get("fitIntercept", True) else 0.0
+        z = X @ w + b
         p = 1.0 / (1.0 + np.exp(-z))
         loss = np.logaddexp(0.0, z) - y * z
-        A = np.hstack([Xs, np.ones((Xs.shape[0], 1))])
-        weights = p * (1.0 - p)
-        return {"loss": np.array([loss.sum()]), "grad": A.T @ (p - y), "hess": (A * weights[:, None]).T @ A,
-                "n": np.array([float(X.shape[0])])}
+        residual = p - y
+        q = p * (1.0 - p)
+        Xq = X * q[:, None]
+        d = X.shape[1]
+        hess = np.empty((d + 1, d + 1))
+        hess[:d, :d] = (X.T @ Xq) / np.outer(scale, scale)
+        hess[:d, d] = hess[d, :d] = Xq.sum(axis=0) / scale
+        hess[d, d] = q.sum()
+        grad = np.append((X.T @ residual) / scale, residual.sum())
+        return {"loss": np.array([loss.sum()]), "grad": grad, "hess": hess, "n": np.array([float(X.shape[0])])}
 
     def update(self, state, total, params):
         if phase(state) == 0:

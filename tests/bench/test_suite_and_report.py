@@ -1,0 +1,41 @@
+"""`twofold bench all` and `twofold report` through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+from ..conftest import run_cli
+
+
+def test_bench_all_subset_and_report(tmp_path):
+    out = tmp_path / "all.json"
+    result = run_cli("bench", "all", "--quick", "--only", "encrypt,kbs", "--json", str(out),
+                     env={"TWOFOLD_HOME": str(tmp_path / "home")})
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "all" and set(doc["runs"]) == {"encrypt", "kbs"} and not doc["errors"]
+    assert doc["machine"]["cpus"] >= 1
+    assert doc["runs"]["kbs"]["grants_per_s"] > 0 and doc["runs"]["encrypt"]["read_ratio"] > 0
+
+    spark = {"benchmark": "spark", "rows": 1000, "cols": 3, "partitions": 2, "enclave": "simulation", "results": [
+        {"algorithm": "logreg", "mode": mode, "seconds": s, "metric_name": "accuracy", "metric": 0.9,
+         "ratio_to_vanilla": s / 2.0, **({"passes": 3, "wall_seconds": s, "load_seconds": 0.1,
+                                          "stats_ecalls_seconds": 0.2, "update_seconds": 0.01}
+                                         if mode.startswith("partitioned") else {})}
+        for mode, s in [("vanilla", 2.0), ("whole", 2.2), ("partitioned-statistics", 1.5),
+                        ("partitioned-sealed", 1.6)]]}
+    doc["runs"]["spark"] = spark  # a rendering fixture: the report must lay out every section it is given
+    out.write_text(json.dumps(doc))
+    result = run_cli("report", str(out), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "report" / "benchmarks.md").read_text()
+    for heading in ("## Encrypted datasets", "## Attestation and key release", "## Confidential Spark MLlib"):
+        assert heading in text
+    assert "| logreg | partitioned-sealed | 1.60 | 0.80x |" in text
+    assert (tmp_path / "report" / "spark.png").stat().st_size > 1000
+
+
+def test_report_rejects_other_files(tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    result = run_cli("report", str(tmp_path / "x.json"), "--out", str(tmp_path / "r"))
+    assert result.returncode != 0 and "not a twofold benchmark" in result.stderr
