@@ -27,4 +27,5 @@ def test_demo_tells_the_whole_story_and_cleans_up(tmp_path):
         assert step in out, step
     assert "Encrypted PyTorch training" in out
     assert _twofold_services() <= before  # every service it started was stopped
-    assert not any((tmp_path / "tmp").iterdir())  # and its files were removed
+    left = [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor_")]  # torch's cache
+    assert not left  # the demo's own files were removed

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import operator
 import secrets
 import struct
 import threading
@@ -49,6 +48,7 @@ from typing import Protocol
 import gmpy2
 from gmpy2 import mpz
 
+from twofold.crypto.integers import as_int as _as_int
 from twofold.errors import IntegrityError, ProtocolError, TwofoldError
 
 FORMAT_VERSION = 1
@@ -89,14 +89,6 @@ def _system_rng(rng: RandomSource | None) -> RandomSource:
     return secrets.SystemRandom() if rng is None else rng
 
 
-def _as_int(value: object, name: str) -> int:
-    """An exact integer (int, mpz, numpy integer) or TypeError; floats and bools are refused."""
-    if isinstance(value, bool | float):
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
 
 
 def _as_mpz(value: object, name: str) -> mpz:

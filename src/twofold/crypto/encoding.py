@@ -21,14 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Integral, Rational, Real
 
-
-def _as_int(value: object, name: str) -> int:
-    if isinstance(value, bool | float):
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+from twofold.crypto.integers import as_int as _as_int
 
 
 def _check_modulus(n: object) -> int:

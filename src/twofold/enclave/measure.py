@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -108,11 +109,13 @@ def tcb_report() -> TcbReport:
     )
 
 
+@functools.cache
 def current_measurement() -> str:
     """The partitioned-mode TCB's measurement (the enclave package and what it imports)."""
     return measure(tcb_files())
 
 
+@functools.cache
 def whole_measurement() -> str:
     """Whole mode's measurement: the twofold code an executor runs on plaintext (see :func:`whole_files`)."""
     return measure(whole_files())

@@ -11,8 +11,9 @@ _TYPED = re.compile(r"twofold\.errors\.(\w+): ([^\n]*)")
 
 
 def translate(exc: BaseException) -> TwofoldError:
-    """The first twofold error named in a Spark failure, with its type; otherwise a ServiceError."""
-    match = _TYPED.search(str(exc))
+    """The twofold error a Spark task finally raised (the last one named: chained tracebacks list causes first)."""
+    matches = list(_TYPED.finditer(str(exc)))
+    match = matches[-1] if matches else None
     if match:
         cls = getattr(errors, match.group(1), None)
         if isinstance(cls, type) and issubclass(cls, TwofoldError):
