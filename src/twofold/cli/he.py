@@ -29,7 +29,8 @@ def he() -> None:
 
 
 @he.command("init")
-@click.option("--dir", "system_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--system", "--dir", "system_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The HE system directory to create.")
 @click.option("--key-bits", type=int, default=2048, show_default=True, help="Bits of the DT-PKC modulus N.")
 @click.option("--insecure-small-keys", is_flag=True, help="Allow keys below 2048 bits (tests only; insecure).")
 def init(system_dir: Path, key_bits: int, insecure_small_keys: bool) -> None:
