@@ -153,3 +153,21 @@ def test_enclave_never_receives_the_passphrase(enclave):
     with open(f"/proc/{enclave.pid}/environ", "rb") as handle:
         environ = handle.read().split(b"\0")
     assert not any(e.startswith(b"TWOFOLD_PASSPHRASE=") and len(e) > len(b"TWOFOLD_PASSPHRASE=") for e in environ)
+
+
+def test_enclave_reads_partitions_from_storage_and_checks_them(enclave, datasets, tmp_path):
+    dataset = datasets["allowed"]
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset.path, copy)
+    with EnclaveClient(enclave.address) as client:
+        client.call("open_dataset", manifest=(copy / "manifest.json").read_bytes())
+        assert client.call("load_partition_from", dataset_id=dataset.dataset_id, index=0,
+                           directory=str(copy)) == {"rows": 2}
+        part = copy / dataset.files[1].name
+        data = bytearray(part.read_bytes())
+        data[len(data) // 3] ^= 0x10
+        part.write_bytes(bytes(data))
+        with pytest.raises(IntegrityError):
+            client.call("load_partition_from", dataset_id=dataset.dataset_id, index=1, directory=str(copy))
+        with pytest.raises(IntegrityError):  # a directory without the files
+            client.call("load_partition_from", dataset_id=dataset.dataset_id, index=1, directory=str(tmp_path))

@@ -19,6 +19,7 @@ from twofold.errors import InputError, IntegrityError
 FORMAT = "twofold-dataset"
 FORMAT_VERSION = 1
 MAC_DOMAIN = b"twofold-manifest-v1\x00"
+TAIL_BYTES = 4096  # a file's last 4 KiB hold its encrypted footer's GCM tag and its unique AAD
 
 
 def mac_context(dataset_id: str) -> bytes:
@@ -67,3 +68,17 @@ def authenticate(doc: dict[str, Any], mac_key: bytes) -> dict[str, Any]:
     if not hmac.compare_digest(expected, str(doc["mac"])):
         raise IntegrityError()
     return doc["manifest"]
+
+
+def check_identity(source: Any, size: int, tail_sha256: str) -> None:
+    """Check that a readable, seekable file is the one a manifest entry names (its size and tail hash).
+
+    The tail pins this exact file version; PME's AES-GCM then authenticates every page as it is decrypted, so
+    the whole file need not be hashed on the read path. Leaves the file positioned at its start.
+    """
+    if source.size() != size:
+        raise IntegrityError()
+    source.seek(max(0, size - TAIL_BYTES))
+    if sha256(source.read()).hexdigest() != tail_sha256:
+        raise IntegrityError()
+    source.seek(0)

@@ -33,7 +33,6 @@ from twofold.fsutil import write_private
 from twofold.keys.wrapping import KeyWrapper, WrappedKey
 
 MANIFEST = "manifest.json"
-TAIL_BYTES = 4096  # covers the encrypted footer's GCM tag and the file's unique AAD
 DEFAULT_ROWS_PER_FILE = 100_000
 WRITE_CHUNK_ROWS = 131_072
 Progress = Callable[[int], None]
@@ -192,12 +191,7 @@ class EncryptedDataset:
             key_material = (self.path / key_material_name(entry.name)).read_bytes()
         except FileNotFoundError:
             raise IntegrityError() from None
-        if source.size() != entry.bytes:
-            raise IntegrityError()
-        source.seek(max(0, entry.bytes - TAIL_BYTES))
-        if sha256(source.read()).hexdigest() != entry.tail_sha256:
-            raise IntegrityError()
-        source.seek(0)
+        mf.check_identity(source, entry.bytes, entry.tail_sha256)
         return source, key_material
 
     def read_file(self, index: int, columns: list[str] | None = None) -> pa.Table:
@@ -358,7 +352,7 @@ class _PartWriter:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
             size = handle.tell()
-            handle.seek(max(0, size - TAIL_BYTES))
+            handle.seek(max(0, size - mf.TAIL_BYTES))
             tail = sha256(handle.read()).hexdigest()
         self.entries.append(FileEntry(name, self._rows, size, digest.hexdigest(), tail))
         self._writer, self._rows = None, 0

@@ -38,6 +38,12 @@ def load_partition(state: EnclaveState, dataset_id: str, index: int, data: bytes
     return {"rows": state.load_partition(dataset_id, index, data, key_material).num_rows}
 
 
+@ecall("load_partition_from", args={"dataset_id": str, "index": int, "directory": str}, result={"rows": int})
+def load_partition_from(state: EnclaveState, dataset_id: str, index: int, directory: str) -> dict[str, Any]:
+    """Read, authenticate and decrypt one partition from storage into the enclave's cache."""
+    return {"rows": state.load_partition_from(dataset_id, index, directory).num_rows}
+
+
 @ecall("close_dataset", args={"dataset_id": str}, result={"evicted": int})
 def close_dataset(state: EnclaveState, dataset_id: str) -> dict[str, Any]:
     """Forget a dataset and drop its plaintext from the cache."""

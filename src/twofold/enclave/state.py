@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from hashlib import sha256
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from twofold.crypto import manifest as mf
-from twofold.crypto.pme import PmeSession
+from twofold.crypto.pme import PmeSession, key_material_name
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.cache import PartitionCache
 from twofold.errors import ConfigError, IntegrityError
@@ -56,18 +57,42 @@ class EnclaveState:
         return opened
 
     def load_partition(self, dataset_id: str, index: int, data: bytes, key_material: bytes) -> pa.Table:
-        """Authenticate and decrypt one partition into the cache (or return the cached one)."""
+        """Authenticate and decrypt one partition, sent as bytes, into the cache (or return the cached one)."""
         cached = self.cache.get((dataset_id, index))
         if cached is not None:
             return cached
-        opened = self.dataset(dataset_id)
-        files = opened.body["files"]
-        if not 0 <= index < len(files):
-            raise ConfigError(f"dataset {dataset_id} has no partition {index}")
-        entry = files[index]
+        entry = self._entry(dataset_id, index)
         if len(data) != entry["bytes"] or sha256(data).hexdigest() != entry["sha256"]:
             raise IntegrityError()
-        table = opened.pme.read_file(data, entry["name"], key_material)
+        return self._decrypt(dataset_id, index, entry, data, key_material)
+
+    def load_partition_from(self, dataset_id: str, index: int, directory: str) -> pa.Table:
+        """Read a partition's ciphertext from storage itself (the untrusted side names only the directory).
+
+        The file name comes from the authenticated manifest; the size and the tail hash (the footer's GCM tag and
+        the file's unique AAD) pin this exact file, and PME's AES-GCM authenticates every page as it decrypts.
+        """
+        cached = self.cache.get((dataset_id, index))
+        if cached is not None:
+            return cached
+        entry = self._entry(dataset_id, index)
+        path = Path(directory) / entry["name"]
+        try:
+            source = pa.memory_map(str(path))
+            key_material = Path(directory, key_material_name(entry["name"])).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise IntegrityError() from None
+        mf.check_identity(source, entry["bytes"], entry["tail_sha256"])
+        return self._decrypt(dataset_id, index, entry, source, key_material)
+
+    def _entry(self, dataset_id: str, index: int) -> dict[str, Any]:
+        files = self.dataset(dataset_id).body["files"]
+        if not 0 <= index < len(files):
+            raise ConfigError(f"dataset {dataset_id} has no partition {index}")
+        return files[index]
+
+    def _decrypt(self, dataset_id: str, index: int, entry: dict[str, Any], data: Any, key_material: bytes) -> pa.Table:
+        table = self.dataset(dataset_id).pme.read_file(data, entry["name"], key_material)
         if table.num_rows != entry["rows"]:
             raise IntegrityError()
         self.cache.put((dataset_id, index), table, table.nbytes)

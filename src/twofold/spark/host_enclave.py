@@ -138,21 +138,13 @@ class HostEnclave:
             return self.client().call(name, **args)
 
     def ensure_partition(self, dataset_dir: str, dataset_id: str, index: int) -> None:
-        """Make a partition resident in the enclave: open the dataset and send its ciphertext if needed."""
-        if self.call("partition_cached", dataset_id=dataset_id, index=index)["cached"]:
-            return
-        from twofold.crypto.pme import key_material_name
-        from twofold.data.tabular import read_manifest
-
-        body = read_manifest(Path(dataset_dir))["manifest"]
-        name = body["files"][index]["name"]
-        args = {"dataset_id": dataset_id, "index": index, "data": (Path(dataset_dir) / name).read_bytes(),
-                "key_material": (Path(dataset_dir) / key_material_name(name)).read_bytes()}
+        """Make a partition resident in the enclave, which reads and authenticates its ciphertext itself."""
+        args = {"dataset_id": dataset_id, "index": index, "directory": str(Path(dataset_dir).resolve())}
         try:
-            self.call("load_partition", **args)
+            self.call("load_partition_from", **args)
         except ConfigError:  # a fresh enclave: authenticate the manifest first
             self.open_dataset(dataset_dir)
-            self.call("load_partition", **args)
+            self.call("load_partition_from", **args)
 
     def open_dataset(self, dataset_dir: str) -> dict[str, Any]:
         return self.call("open_dataset", manifest=(Path(dataset_dir) / "manifest.json").read_bytes())
