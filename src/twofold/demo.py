@@ -185,10 +185,10 @@ def _encrypt_digits(root: Path, store: Keystore) -> dict[str, str]:
 
 
 def _torch(state: dict[str, Any]) -> str:
-    from torch.utils.data import TensorDataset
-
     import torch
     from torch import nn
+    from torch.utils.data import TensorDataset
+
     from twofold.torch import EncryptedDataLoader, EncryptedTensorDataset
     from twofold.torch.keys import DeviceKeyProvider
 

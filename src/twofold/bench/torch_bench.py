@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import TensorDataset
-
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
+
 from twofold.bench.common import machine
 from twofold.crypto.chacha20_tensor import keystream, xor_keystream_cpu_fast
 from twofold.crypto.kdf import Argon2Params

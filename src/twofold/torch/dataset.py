@@ -29,9 +29,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-import torch
 from twofold.data.tensors import Layout, TensorShards
 from twofold.errors import ConfigError
 from twofold.keys.wrapping import KeyWrapper

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
+
 from twofold.crypto.chacha20_tensor import xor_keystream_cpu_fast, xor_keystream_segments
 from twofold.data.tensors import TAG_BYTES, Layout, TensorShards, segment_aad, verify_segment
 from twofold.errors import InputError
