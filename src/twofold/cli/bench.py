@@ -58,7 +58,8 @@ bench.add_command(bench_he, "he")
 @click.option("--synthetic-rows", type=click.IntRange(min=1000), default=200_000, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Epochs on the synthetic set (digits trains 20).")
-@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Best of this many runs per mode (at least 7 for the short digits job).")
 @json_option
 def bench_torch(device: str, synthetic_rows: int, epochs: int, repeats: int, json_path: Path | None) -> None:
     """Training from plaintext vs encrypted tensor datasets (same model, same seed): time and accuracy."""
