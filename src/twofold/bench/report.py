@@ -23,6 +23,26 @@ PUBLISHED_HE = [  # cited, not measured here
 ]
 
 
+def grouped_bars(path: Path, groups: list[str], series: list[tuple[str, list[float], str]], ylabel: str,
+                 title: str = "", log: bool = False, size: tuple[float, float] = (7, 3.6)) -> None:
+    """One PNG of bars: for each group, one bar per (label, values, colour) series."""
+    fig, ax = plt.subplots(figsize=size)
+    width = 0.8 / len(series)
+    for i, (label, values, color) in enumerate(series):
+        offset = (i - (len(series) - 1) / 2) * width
+        ax.bar([x + offset for x in range(len(groups))], values, width, label=label, color=color)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def load_runs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         doc = json.loads(Path(path).read_text())
@@ -38,19 +58,10 @@ def load_runs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def _spark_section(run: dict[str, Any], out: Path) -> list[str]:
     rows = run["results"]
     algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    width = 0.2
-    for i, (mode, color) in enumerate(zip(SPARK_MODES, SPARK_COLORS, strict=True)):
-        values = [next((r["seconds"] for r in rows if r["algorithm"] == a and r["mode"] == mode), 0)
-                  for a in algorithms]
-        ax.bar([x + (i - 1.5) * width for x in range(len(algorithms))], values, width, label=mode, color=color)
-    ax.set_xticks(range(len(algorithms)), algorithms)
-    ax.set_ylabel("seconds (fit)")
-    ax.set_title(f"MLlib on encrypted data, {run['rows']:,} x {run['cols']} ({run['partitions']} partitions)")
-    ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(out / "spark.png", dpi=120)
-    plt.close(fig)
+    series = [(mode, [next((r["seconds"] for r in rows if r["algorithm"] == a and r["mode"] == mode), 0)
+                      for a in algorithms], color) for mode, color in zip(SPARK_MODES, SPARK_COLORS, strict=True)]
+    grouped_bars(out / "spark.png", algorithms, series, "seconds (fit)", size=(9, 4.2),
+                 title=f"MLlib on encrypted data, {run['rows']:,} x {run['cols']} ({run['partitions']} partitions)")
     lines = ["## Confidential Spark MLlib", "", f"`twofold bench spark --rows {run['rows']} --cols {run['cols']} "
              f"--partitions {run['partitions']}` (enclave backend: {run.get('enclave', 'simulation')}).", "",
              "![spark](spark.png)", "",
@@ -102,16 +113,8 @@ def _he_section(run: dict[str, Any], out: Path) -> list[str]:
         ours.append(row[key])
         theirs.append(value)
     if labels:
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        ax.bar([x - 0.2 for x in range(len(labels))], ours, 0.4, label="twofold (measured)", color="#2e7d32")
-        ax.bar([x + 0.2 for x in range(len(labels))], theirs, 0.4, label="published", color="#9e9e9e")
-        ax.set_xticks(range(len(labels)), labels)
-        ax.set_yscale("log")
-        ax.set_ylabel("seconds (log)")
-        ax.legend(frameon=False)
-        fig.tight_layout()
-        fig.savefig(out / "he.png", dpi=120)
-        plt.close(fig)
+        grouped_bars(out / "he.png", labels, [("twofold (measured)", ours, "#2e7d32"),
+                                              ("published", theirs, "#9e9e9e")], "seconds (log)", log=True)
         lines += ["", "![he](he.png)"]
     if "phe" in run:
         phe, ours = run["phe"].get("phe_ms", {}), run["phe"].get("dtpkc_ms", {})
@@ -127,17 +130,10 @@ def _he_section(run: dict[str, Any], out: Path) -> list[str]:
 def _torch_section(run: dict[str, Any], out: Path) -> list[str]:
     rows = run["results"]
     names = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    for i, (mode, color) in enumerate((("plaintext", "#9e9e9e"), ("encrypted", "#2e7d32"))):
-        values = [next(r["seconds"] for r in rows if r["dataset"] == n and r["mode"] == mode) for n in names]
-        ax.bar([x + (i - 0.5) * 0.35 for x in range(len(names))], values, 0.35, label=mode, color=color)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("training seconds")
-    ax.set_title(f"PyTorch training, device {run['device']}")
-    ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(out / "torch.png", dpi=120)
-    plt.close(fig)
+    series = [(mode, [next(r["seconds"] for r in rows if r["dataset"] == n and r["mode"] == mode) for n in names],
+               color) for mode, color in (("plaintext", "#9e9e9e"), ("encrypted", "#2e7d32"))]
+    grouped_bars(out / "torch.png", names, series, "training seconds", size=(6, 3.4),
+                 title=f"PyTorch training, device {run['device']}")
     lines = ["## Encrypted PyTorch training", "", f"`twofold bench torch --device {run['device']}`: same model, "
              "same seed, plaintext vs encrypted loading.", "", "![torch](torch.png)", "",
              "| dataset | mode | seconds | accuracy |", "|---|---|---:|---:|"]

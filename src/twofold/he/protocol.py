@@ -65,6 +65,12 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "lr.scale": {"items": _PAIRS, "width": "int", "slots": "int", "count": "int", "mult": "int", "shift": "int"},
     "lr.dot": {"w": ["bytes"], "x": _PAIRS, "per": "int", "cols": "int", "width": "int", "slots": "int"},
     "lr.close": {"session": "str"},
+    # MU -> SU, Priv-DT
+    "dt.unpack": {"items": _PAIRS, "width": "int", "slots": "int", "count": "int"},
+    "dt.select": {"items": [{"q": _PAIRS, "sel": [{"feature": "int", "table": ["bytes"]}]}], "qwidth": "int",
+                  "bins": "int", "features": "int"},
+    "dt.pick": {"groups": [{"key": "bytes", "bits": _PAIRS, "opts": [["bytes"]]}], "width": "int"},
+    "dt.reveal": {"items": _PAIRS, "bound": "int"},
 }
 
 _ERRORS: dict[str, type[TwofoldError]] = {

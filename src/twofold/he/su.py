@@ -15,7 +15,7 @@ from typing import Any
 
 from twofold.crypto import dtpkc
 from twofold.errors import InputError, KeyAccessError, ProtocolError
-from twofold.he import codec, fastexp
+from twofold.he import codec, fastexp, su_dt
 from twofold.he.keys import SystemInfo
 from twofold.he.randomness import PairPool
 
@@ -49,6 +49,8 @@ class SecondaryUnit:
             "lr.load": self._lr_load, "lr.forward": self._lr_forward, "lr.sigmoid": self._lr_sigmoid,
             "lr.backward": self._lr_backward, "lr.scale": self._lr_scale, "lr.dot": self._lr_dot,
             "lr.close": self._lr_close,
+            "dt.unpack": lambda b: su_dt.unpack(self, b), "dt.select": lambda b: su_dt.select(self, b),
+            "dt.pick": lambda b: su_dt.pick(self, b), "dt.reveal": lambda b: su_dt.reveal(self, b),
         }
         self._sessions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._t1: fastexp.T1Source | None = None
