@@ -25,7 +25,7 @@ from typing import Any
 from twofold.bench.common import machine, timed
 from twofold.errors import ConfigError, InputError, ServiceError
 
-IMPLEMENTED = ("nb", "lr")
+IMPLEMENTED = ("nb", "lr", "dt")
 
 
 def load_dataset(name: str, label: str | None) -> tuple[list[str], list[list[float]], list[str]]:
@@ -120,6 +120,15 @@ def _plaintext_lr(schema: Any, xtr: list, ytr: list, xte: list, yte: list) -> fl
     return float(np.mean(model.predict(enc(xte)) == np.array([schema.class_index(y) for y in yte])))
 
 
+def _plaintext_dt(schema: Any, xtr: list, ytr: list, xte: list, yte: list) -> float:
+    """The plaintext reference tree (same bins, candidates, Gini proxy, tournament and tie rules as Priv-DT)."""
+    from twofold.he.models import dt
+
+    tree = dt.reference_train(schema, xtr, ytr, dt.DEPTH)
+    hits = sum(dt.reference_predict(schema, tree, r) == schema.class_index(y) for r, y in zip(xte, yte, strict=True))
+    return hits / len(yte)
+
+
 def phe_comparison(key_bits: int, ops: int = 10) -> dict[str, Any]:
     """Per-operation milliseconds of python-paillier and of DT-PKC at the same modulus size."""
     import secrets
@@ -201,7 +210,7 @@ def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, 
                  for r in queries[:latency_queries]]
     batch_seconds, predicted = timed(lambda: client.predict(queries, model=algorithm, batch=16))
     accuracy = sum(p == y for p, y in zip(predicted, truth, strict=True)) / len(truth)
-    reference = _plaintext_lr if algorithm == "lr" else _plaintext_nb
+    reference = {"lr": _plaintext_lr, "dt": _plaintext_dt}.get(algorithm, _plaintext_nb)
     return {
         "algorithm": algorithm,
         "owner_encrypt_seconds": owner_seconds,
@@ -216,9 +225,12 @@ def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, 
         "accuracy": accuracy,
         "plaintext_accuracy": reference(schema, xtr, ytr, queries, truth),
         "plaintext_accuracy_full_test": reference(schema, xtr, ytr, xte, yte),
-        "plaintext_reference": ("scikit-learn LogisticRegression() on the same standardized fixed-point features"
-                                if algorithm == "lr" else "scikit-learn CategoricalNB on the same bins"),
+        "plaintext_reference": {
+            "lr": "scikit-learn LogisticRegression() on the same standardized fixed-point features",
+            "dt": "plaintext depth-2 tree built the same way on the same bins (dt.reference_train)",
+        }.get(algorithm, "scikit-learn CategoricalNB on the same bins"),
         "iterations": trained.get("iterations"),
+        "depth": trained.get("depth"),
         "offline_pool_seconds": offline_seconds,
         "pool_pairs_target": pool,
         "records": len(xtr),

@@ -10,6 +10,8 @@ from twofold.cli.common import info, progress_bar
 
 system_option = click.option("--system", "system_dir", required=True,
                              type=click.Path(file_okay=False, path_type=Path), help="The HE system directory.")
+model_option = click.option("--model", "--algorithm", "model", type=click.Choice(["nb", "lr", "dt"]), default="nb",
+                            show_default=True)
 mu_option = click.option("--mu", "mu_address", default="127.0.0.1:7700", show_default=True,
                          help="MU address HOST:PORT.")
 
@@ -25,7 +27,7 @@ def _open(system_dir: Path):
 
 @click.group()
 def he() -> None:
-    """Two-server homomorphic learning over DT-PKC (Priv-NB, Priv-LR)."""
+    """Two-server homomorphic learning over DT-PKC (Priv-NB, Priv-LR, Priv-DT)."""
 
 
 @he.command("init")
@@ -106,7 +108,7 @@ def serve(role: str, system_dir: Path, host: str, port: int, su_address: str | N
 @click.argument("data", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--label", required=True)
 @click.option("--chunk-records", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--model", "--algorithm", "model", type=click.Choice(["nb", "lr"]), default="nb", show_default=True)
+@model_option
 def upload(system_dir: Path, mu_address: str, owner: str, data: Path, label: str, chunk_records: int,
            model: str) -> None:
     """Encrypt DATA's records under the owner's key and upload them to MU (for one model's encoding)."""
@@ -122,18 +124,19 @@ def upload(system_dir: Path, mu_address: str, owner: str, data: Path, label: str
 @he.command("train")
 @system_option
 @mu_option
-@click.option("--model", "--algorithm", "model", type=click.Choice(["nb", "lr"]), default="nb", show_default=True)
+@model_option
 @click.option("--admin", default="admin", show_default=True)
 @click.option("--chunk", type=click.IntRange(1), default=256, show_default=True, help="Table entries per SU round.")
 @click.option("--iterations", type=click.IntRange(0), default=0,
               help="lr: gradient steps (default 10); they continue from the stored encrypted weights.")
 @click.option("--fresh", is_flag=True, help="lr: start from zero weights instead of the stored model.")
+@click.option("--depth", type=click.IntRange(1, 4), default=2, show_default=True, help="dt: tree depth.")
 def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int, iterations: int,
-          fresh: bool) -> None:
+          fresh: bool, depth: int) -> None:
     """Ask MU to train (resume, or for lr warm-start) a model over all uploaded data."""
     from twofold.he.client import Party
 
-    body = {"model": model, "chunk": chunk, "iterations": iterations, "fresh": fresh}
+    body = {"model": model, "chunk": chunk, "iterations": depth if model == "dt" else iterations, "fresh": fresh}
     result = Party(_open(system_dir), admin, mu_address).request("train", body)
     info(f"trained {model} on {result['records']} records from {result['owners']} owner(s) in "
          f"{result['seconds']:.2f} s{' (resumed)' if result['resumed'] else ''}; MU-SU {result['bytes_mu_su']} bytes")
@@ -143,7 +146,7 @@ def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int,
 @system_option
 @mu_option
 @click.option("--client", "client_name", required=True, help="Enrolled client name.")
-@click.option("--model", "--algorithm", "model", type=click.Choice(["nb", "lr"]), default="nb", show_default=True)
+@model_option
 @click.argument("data", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--label", default=None, help="If given, report accuracy against this column.")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
@@ -184,7 +187,7 @@ def status(system_dir: Path, mu_address: str, admin: str) -> None:
 @click.option("--dataset", default="breast_cancer", show_default=True,
               help="breast_cancer, wine, digits or csv:PATH.")
 @click.option("--label", default=None, help="Label column for csv: datasets.")
-@click.option("--algorithms", default="nb", show_default=True, help="Comma-separated; implemented: nb, lr.")
+@click.option("--algorithms", default="nb", show_default=True, help="Comma-separated; implemented: nb, lr, dt.")
 @click.option("--key-bits", type=int, default=2048, show_default=True)
 @click.option("--bins", type=click.IntRange(2, 255), default=5, show_default=True)
 @click.option("--max-queries", type=click.IntRange(1), default=None,

@@ -12,7 +12,7 @@ from twofold.crypto import dtpkc
 from twofold.errors import InputError
 from twofold.he import codec
 from twofold.he.keys import SystemInfo
-from twofold.he.models import lr, nb
+from twofold.he.models import dt, lr, nb
 from twofold.he.mu import load_lr_schema, load_schema
 from twofold.he.randomness import PairPool
 from twofold.he.transport import Channel, LinkStats, client_context, connect
@@ -97,6 +97,9 @@ class Party:
                                                              lschema.class_index(y))
         schema = load_schema(self.info)
         lay = nb.layout_for(self.params, schema)
+        if model == "dt":
+            return schema, lambda row, y: dt.encrypt_record(pool.encrypt, lay, schema.bin_row(row),
+                                                            schema.class_index(y))
         return schema, lambda row, y: nb.encrypt_record(pool.encrypt, lay, schema.bin_row(row),
                                                         schema.class_index(y))
 

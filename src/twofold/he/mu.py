@@ -21,12 +21,12 @@ from twofold.fsutil import make_private_dir, write_private
 from twofold.he import codec, fastexp
 from twofold.he.blocks import Blocks
 from twofold.he.keys import SystemInfo, check_name
-from twofold.he.models import lr, nb
+from twofold.he.models import dt, lr, nb
 from twofold.he.randomness import PairPool
 from twofold.he.transport import Channel, LinkStats, client_context, connect
 
 log = logging.getLogger("twofold.he")
-MODELS = ("nb", "lr")
+MODELS = ("nb", "lr", "dt")
 
 
 def load_schema(info: SystemInfo) -> nb.Schema:
@@ -73,7 +73,7 @@ class MasterUnit:
         self.share = info.share("mu", self.params)
         self.system_pk = info.system_key(self.params)
         self.state = make_private_dir(Path(state))
-        for sub in ("owners", "lr-owners", "models", "checkpoints"):
+        for sub in ("owners", "lr-owners", "dt-owners", "models", "checkpoints"):
             make_private_dir(self.state / sub)
         self.threads = threads
         self.system_pool = PairPool(self.system_pk)
@@ -170,6 +170,8 @@ class MasterUnit:
         self._registered_key(peer[1], "owner", body["key_id"])
         if body["model"] == "lr":
             return self._upload_lr(body, peer)
+        if body["model"] == "dt":
+            return self._upload_dt(body, peer)
         lay = nb.layout_for(self.params, load_schema(self.info))
         records = body["records"]
         if records < 1 or len(body["cts"]) != records * lay.cts_per_record:
@@ -223,6 +225,60 @@ class MasterUnit:
             self._save(path, doc)
         return {"records": doc["records"], "chunks": len(doc["chunks"])}
 
+    def _upload_dt(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
+        """Keep each record's count and bin ciphertexts (Priv-DT needs per-record data, not sums)."""
+        lay = nb.layout_for(self.params, load_schema(self.info))
+        per = dt.cts_per_record(lay)
+        records = body["records"]
+        if records < 1 or len(body["cts"]) != records * per:
+            raise ProtocolError("upload does not hold records x ciphertexts-per-record ciphertexts")
+        codec.cts_from_bytes(self.params, body["cts"])  # strict decoding
+        with self._upload_lock:
+            path = self.state / "dt-owners" / f"{check_name(peer[1])}.msgpack"
+            doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "cts": [], "per": per}
+            if doc["key"] != body["key_id"]:
+                raise KeyAccessError("owner key changed since the first upload")
+            if body["chunk"] in doc["chunks"]:
+                raise InputError(f"chunk {body['chunk']!r} was already uploaded")
+            if doc["per"] != per:
+                raise InputError("stored records do not match the schema")
+            doc["cts"] += list(body["cts"])
+            doc["records"] += records
+            doc["chunks"].append(body["chunk"])
+            self._save(path, doc)
+        return {"records": doc["records"], "chunks": len(doc["chunks"])}
+
+    def _train_dt(self, body: dict[str, Any]) -> dict[str, Any]:
+        lay = nb.layout_for(self.params, load_schema(self.info))
+        owners = []
+        for path in sorted((self.state / "dt-owners").glob("*.msgpack")):
+            doc = self._load(path)
+            if not doc or not doc["records"]:
+                continue
+            cts = codec.cts_from_bytes(self.params, doc["cts"])
+            per, k = doc["per"], lay.cts_per_record
+            recs = [cts[i:i + per] for i in range(0, len(cts), per)]
+            owners.append(dt.OwnerRecords(dtpkc.public_key_from_bytes(self.params, doc["key"]),
+                                          [r[:k] for r in recs], [r[k:] for r in recs]))
+        before = self.su_stats.sent + self.su_stats.received
+        start = time.perf_counter()
+
+        def progress(step: str, done: int, total: int) -> None:
+            self.progress = {"model": "dt", "step": step, "done": done, "total": total}
+
+        try:
+            model = dt.train(self.blocks(), load_schema(self.info), owners, body["iterations"] or dt.DEPTH,
+                             progress=progress)
+        except ServiceError as exc:
+            self._drop_link()
+            raise ServiceError(f"SU failed during training ({exc}); the stored model is unchanged: rerun "
+                               "train") from None
+        self._save(self.state / "models" / "dt.msgpack", model)
+        self._models["dt"] = model
+        return {"model": "dt", "records": model["records"], "owners": len(owners), "resumed": False,
+                "seconds": time.perf_counter() - start, "depth": model["depth"],
+                "bytes_mu_su": self.su_stats.sent + self.su_stats.received - before}
+
     def _lr_owners(self) -> list[lr.OwnerData]:
         out = []
         for path in sorted((self.state / "lr-owners").glob("*.msgpack")):
@@ -273,6 +329,8 @@ class MasterUnit:
         try:
             if body["model"] == "lr":
                 return self._train_lr(body)
+            if body["model"] == "dt":
+                return self._train_dt(body)
             schema = load_schema(self.info)
             owners, records = self._owners()
             checkpoint = _FileCheckpoint(self.state / "checkpoints" / f"{body['model']}.msgpack")
@@ -300,13 +358,15 @@ class MasterUnit:
             self._train_lock.release()
 
     def _status(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
-        owners, lr_owners = {}, {}
+        owners, lr_owners, dt_owners = {}, {}, {}
         for path in sorted((self.state / "owners").glob("*.msgpack")):
             doc = self._load(path) or {}
             owners[path.stem] = doc.get("records", 0)
         for path in sorted((self.state / "lr-owners").glob("*.msgpack")):
             doc = self._load(path) or {}
             lr_owners[path.stem] = doc.get("records", 0)
+        for path in sorted((self.state / "dt-owners").glob("*.msgpack")):
+            dt_owners[path.stem] = (self._load(path) or {}).get("records", 0)
         models = sorted(p.stem for p in (self.state / "models").glob("*.msgpack"))
         links = {role: s.as_dict() for role, s in self.link_stats.items()}
         links["su"] = self.su_stats.as_dict()
@@ -317,7 +377,7 @@ class MasterUnit:
             except Exception as exc:  # status must work while SU is down
                 self._drop_link()
                 su = {"error": str(exc)}
-        return {"owners": owners, "lr_owners": lr_owners, "models": models, "links": links,
+        return {"owners": owners, "lr_owners": lr_owners, "dt_owners": dt_owners, "models": models, "links": links,
                 "pool": len(self.system_pool), "su": su,
                 "progress": dict(self.progress), "bits": self.params.bits}
 
@@ -328,7 +388,7 @@ class MasterUnit:
         model = self.model(body["model"])
         queries = [codec.cts_from_bytes(self.params, q) for q in body["queries"]]
         try:
-            module = lr if body["model"] == "lr" else nb
+            module = {"lr": lr, "dt": dt}.get(body["model"], nb)
             answers = module.predict(self.blocks(), model, queries, pk)
         except ServiceError:
             self._drop_link()

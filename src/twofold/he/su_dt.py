@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def unpack(su: SecondaryUnit, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Open packed counts blinded slot-wise (n + m, m uniform on [0, 2^60)); fresh system-key encryption per slot."""
     width, slots, count = body["width"], body["slots"], body["count"]
-    if not 8 <= width or slots < 1 or slots * width >= su.params.bits or count < 1:
+    if width < 8 or slots < 1 or slots * width >= su.params.bits or count < 1:
         raise ProtocolError("bad packing parameters")
     per = -(-count // slots)
     values = su._open(body["items"])

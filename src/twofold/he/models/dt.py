@@ -91,7 +91,7 @@ def tournament(blocks: Blocks, groups: list[list[Entry]]) -> list[dtpkc.Cipherte
         k = 0
         for g in groups:
             row = []
-            for i in range(0, len(g) - 1, 2):
+            for _ in range(len(g) // 2):
                 row.append(winners[k])
                 k += 1
             if len(g) % 2:
@@ -130,7 +130,8 @@ def unpack_counts(blocks: Blocks, lay: nb.Layout, parts: list[list[tuple[dtpkc.P
 
 
 def select_conditions(blocks: Blocks, lay: nb.Layout, bins: Sequence[Sequence[dtpkc.Ciphertext]],
-                      keys: Sequence[dtpkc.PublicKey], splits: Sequence[tuple[int, int]]) -> list[list[dtpkc.Ciphertext]]:
+                      keys: Sequence[dtpkc.PublicKey],
+                      splits: Sequence[tuple[int, int]]) -> list[list[dtpkc.Ciphertext]]:
     """[bins_j <= t] under the system key for every packed bin vector and every split (j, t)."""
     p, spool = blocks.params, blocks.system_pool
     items = []
@@ -169,7 +170,7 @@ def pick_sums(blocks: Blocks, owners: Sequence[OwnerRecords], bits: Sequence[Seq
                 blinded.append(blocks.system_pool.rerandomize(x))
                 real = [codec.ct_to_bytes(p, pool.rerandomize(c)) for c in cells]
                 zero = [codec.ct_to_bytes(p, pool.encrypt(0)) for _ in cells]
-                opts.append(zero + real if coin else real + zero)  # option (bit XOR coin) holds the record
+                opts.append(real + zero if coin else zero + real)  # option e holds the record iff e XOR coin = 1
             offset += len(owner.cells)
             groups.append({"key": codec.key_id(owner.pk), "bits": blocks.open_items(blinded), "opts": opts})
         shape.append(len(owners))
