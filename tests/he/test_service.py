@@ -322,3 +322,31 @@ def test_lr_upload_train_predict_and_warm_start(system, servers):
     assert result.returncode == 0, result.stderr
     _, w2 = _lr_reference(system, [root / f"{o}.csv" for o in ("olga", "omar", "otto")], 2, w1)
     _check_lr(result.stdout, schema, w2, root / "queries.csv")
+
+
+def test_dt_upload_train_predict(system, servers):
+    from twofold.he.models import dt
+
+    mu, _ = servers
+    root = system.parent
+    for owner in ("olga", "omar"):
+        result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", owner, str(root / f"{owner}.csv"),
+                    "--label", "label", "--algorithm", "dt", "--chunk-records", "16")
+        assert result.returncode == 0, result.stderr
+    result = he("train", "--system", str(system), "--mu", mu.address, "--algorithm", "dt", "--depth", "2")
+    assert result.returncode == 0, result.stderr
+    assert "trained dt on 70 records from 2 owner(s)" in result.stderr
+    result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "alice", "--algorithm", "dt",
+                str(root / "queries.csv"), "--label", "label")
+    assert result.returncode == 0, result.stderr
+    schema = nb.Schema.from_dict(__import__("json").loads((system / "public" / "schema.json").read_text()))
+    rows, labels = [], []
+    for f in ("olga", "omar"):
+        r, y = read_csv(root / f"{f}.csv", schema.features, "label")
+        rows += r
+        labels += y
+    tree = dt.reference_train(schema, rows, labels, 2)
+    queries, _ = read_csv(root / "queries.csv", schema.features, "label")
+    assert result.stdout.split() == [schema.classes[dt.reference_predict(schema, tree, q)] for q in queries]
+    status = __import__("json").loads(he("status", "--system", str(system), "--mu", mu.address).stdout)
+    assert status["dt_owners"] == {"olga": 40, "omar": 30} and "dt" in status["models"]

@@ -36,6 +36,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "pyarrow": pyarrow.__version__,
         "cryptography": cryptography.__version__,
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine while this ran
     }
     with contextlib.suppress(ValueError, OSError):
         facts["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)

@@ -69,7 +69,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "dt.unpack": {"items": _PAIRS, "width": "int", "slots": "int", "count": "int"},
     "dt.select": {"items": [{"q": _PAIRS, "sel": [{"feature": "int", "table": ["bytes"]}]}], "qwidth": "int",
                   "bins": "int", "features": "int"},
-    "dt.pick": {"groups": [{"key": "bytes", "bits": _PAIRS, "opts": [["bytes"]]}], "width": "int"},
+    "dt.pick": {"groups": [{"key": "bytes", "bits": _PAIRS, "cts": [["bytes"]]}], "width": "int"},
     "dt.reveal": {"items": _PAIRS, "bound": "int"},
 }
 

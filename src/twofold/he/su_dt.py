@@ -52,7 +52,7 @@ def select(su: SecondaryUnit, body: dict[str, Any]) -> tuple[str, dict[str, Any]
 
 
 def pick(su: SecondaryUnit, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Per group: open the uniform bits e_i and sum option e_i of every record, re-randomized under the group key."""
+    """Per group: open the uniform bits e_i and add up the records' ciphertexts with e_i = 1, re-randomized."""
     width, p = body["width"], su.params
     if width < 1:
         raise ProtocolError("bad width")
@@ -61,16 +61,16 @@ def pick(su: SecondaryUnit, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     for group in body["groups"]:
         pool = su.pool_for(group["key"])
         bits = su._open(group["bits"])
-        if len(bits) != len(group["opts"]) or not bits:
-            raise ProtocolError("bits and options differ in length")
-        acc: list[dtpkc.Ciphertext] | None = None
-        for e, opts in zip(bits, group["opts"], strict=True):
-            if e not in (0, 1) or len(opts) != 2 * width:
-                raise ProtocolError("a selection bit is not 0/1 or the options are malformed")
-            chosen = codec.cts_from_bytes(p, opts[e * width:(e + 1) * width])
-            acc = chosen if acc is None else [dtpkc.Ciphertext(a.t1 * c.t1 % n_sq, a.t2 * c.t2 % n_sq)
-                                              for a, c in zip(acc, chosen, strict=True)]
-        out += [pool.rerandomize(c) for c in acc]  # type: ignore[union-attr]
+        if len(bits) != len(group["cts"]) or not bits:
+            raise ProtocolError("bits and records differ in length")
+        acc = [pool.encrypt(0) for _ in range(width)]
+        for e, cts in zip(bits, group["cts"], strict=True):
+            if e not in (0, 1) or len(cts) != width:
+                raise ProtocolError("a selection bit is not 0/1 or a record is malformed")
+            if e:
+                acc = [dtpkc.Ciphertext(a.t1 * c.t1 % n_sq, a.t2 * c.t2 % n_sq)
+                       for a, c in zip(acc, codec.cts_from_bytes(p, cts), strict=True)]
+        out += acc  # acc started from fresh encryptions of zero: re-randomized
     return su._out(out)
 
 

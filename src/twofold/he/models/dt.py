@@ -15,9 +15,9 @@ Training, one level at a time (heap numbering: root 1, children 2k and 2k + 1):
 3. ``dt.select``: for every record and node of the level SU opens the record's bins rotated by fresh secret
    shifts and picks, from a table of fresh system-key encryptions of [bin <= t] in rotated order, the entry at
    the rotated bin: [cond]. [reach left] = [reach node] * [cond] (multiplication block), reach right is the
-   difference. ``dt.pick``: SU opens [reach left XOR coin] (a uniform bit) and sums, per owner, one of two
-   re-randomized ciphertext lists MU supplies (the record's counts or encryptions of zero), re-randomized:
-   the left child's counts; the right child's are the parent's minus the left's.
+   difference. ``dt.pick``: SU opens [reach left XOR coin] (a uniform bit) and adds up, per owner, the
+   re-randomized [+-counts] of the records whose opened bit is 1 (the sign is the coin); MU corrects the sum
+   into the left child's counts; the right child's are the parent's minus the left's.
 4. At depth D, leaf labels are the encrypted winners of a comparison tournament over the class counts.
 
 Inference. SU picks [b_j <= t_k] for every internal node k from the query's rotated bins; MU evaluates every
@@ -72,6 +72,42 @@ def candidates(lay: nb.Layout) -> list[tuple[int, int]]:
 
 
 Entry = tuple[dtpkc.Ciphertext, dtpkc.Ciphertext, dtpkc.Ciphertext]  # numerator, denominator, payload
+COUNT_MUL = nb.COUNT_BITS + 2  # operands of the first products: counts + 1
+NUM_MUL = 2 * nb.COUNT_BITS + 8  # sums of squared counts
+WIDE_MUL = 3 * nb.COUNT_BITS + 12  # numerators, differences in the tournament
+
+
+def mul(blocks: Blocks, a: Sequence[dtpkc.Ciphertext], b: Sequence[dtpkc.Ciphertext],
+        bits: int) -> list[dtpkc.Ciphertext]:
+    """[a*b] (system key) for signed |a|, |b| < 2^bits, with the ``su.mul`` round trip of the multiplication
+    block but statistical masks: SU sees a + r, b + s with r, s uniform on [2^bits, 2^bits + 2^(bits+40)),
+    positive and within statistical distance 2^-40 of independent of a, b; MU's corrections use short scalars."""
+    if len(a) != len(b):
+        raise ValueError("operands differ in length")
+    if not a:
+        return []
+    p, pool = blocks.params, blocks.system_pool
+    if bits + codec.KAPPA + 4 >= p.bits:
+        raise ValueError("operands too wide for the statistical masks")
+
+    def mask() -> int:
+        return (1 << bits) + secrets.randbelow(1 << (bits + codec.KAPPA))
+
+    rs = [(mask(), mask()) for _ in a]
+    blinded = []
+    for x, y, (r, t) in zip(a, b, rs, strict=True):
+        blinded += [pool.rerandomize(dtpkc.add_plain(p, x, r)), pool.rerandomize(dtpkc.add_plain(p, y, t))]
+    items = blocks.open_items(blinded)
+    reply = blocks.link.request("su.mul", {"items": [items[i] + items[i + 1] for i in range(0, len(items), 2)]})
+    z = codec.cts_from_bytes(p, reply["cts"])
+    if len(z) != len(a):
+        raise ProtocolError("SU returned the wrong number of products")
+    out = []
+    for c, x, y, (r, t) in zip(z, a, b, rs, strict=True):
+        c = dtpkc.sub(p, c, dtpkc.scalar_mul(p, x, t))  # (a + r)(b + t) - t a - r b - r t = a b
+        c = dtpkc.sub(p, c, dtpkc.scalar_mul(p, y, r))
+        out.append(dtpkc.add_plain(p, c, -r * t))
+    return out
 
 
 def tournament(blocks: Blocks, groups: list[list[Entry]]) -> list[dtpkc.Ciphertext]:
@@ -82,10 +118,10 @@ def tournament(blocks: Blocks, groups: list[list[Entry]]) -> list[dtpkc.Cipherte
         pairs = [(gi, i) for gi, g in enumerate(groups) for i in range(0, len(g) - 1, 2)]
         a = [groups[gi][i] for gi, i in pairs]
         b = [groups[gi][i + 1] for gi, i in pairs]
-        prods = blocks.mul([x[0] for x in a] + [y[0] for y in b], [y[1] for y in b] + [x[1] for x in a])
+        prods = mul(blocks, [x[0] for x in a] + [y[0] for y in b], [y[1] for y in b] + [x[1] for x in a], WIDE_MUL)
         bits = blocks.compare(prods[: len(a)], prods[len(a):], BOUND_BITS)
         diffs = [dtpkc.sub(p, x[f], y[f]) for x, y in zip(a, b, strict=True) for f in range(3)]
-        sel = blocks.mul([bit for bit in bits for _ in range(3)], diffs)
+        sel = mul(blocks, [bit for bit in bits for _ in range(3)], diffs, WIDE_MUL)
         winners = [tuple(dtpkc.add(p, y[f], sel[3 * k + f]) for f in range(3)) for k, y in enumerate(b)]
         new: list[list[Entry]] = []
         k = 0
@@ -101,31 +137,40 @@ def tournament(blocks: Blocks, groups: list[list[Entry]]) -> list[dtpkc.Cipherte
     return [g[0][2] for g in groups]
 
 
-def unpack_counts(blocks: Blocks, lay: nb.Layout, parts: list[list[tuple[dtpkc.PublicKey, list[dtpkc.Ciphertext]]]]
-                  ) -> list[list[dtpkc.Ciphertext]]:
-    """Per node, the system-key encryption of every count cell (summed over the owners' packed parts)."""
+def class_cts(lay: nb.Layout) -> list[int]:
+    """Indices of the packed ciphertexts that hold the class counts (all leaves need)."""
+    first, last = lay.class_count(0) // lay.count_slots, lay.class_count(lay.classes - 1) // lay.count_slots
+    return list(range(first, last + 1))
+
+
+def unpack_counts(blocks: Blocks, lay: nb.Layout, parts: list[list[tuple[dtpkc.PublicKey, list[dtpkc.Ciphertext]]]],
+                  which: Sequence[int]) -> list[dict[int, dtpkc.Ciphertext]]:
+    """Per node, {cell: system-key encryption of its count} for the cells of the packed ciphertexts ``which``
+    (each node's parts hold those ciphertexts, one list per owner, summed over the owners)."""
     p = blocks.params
+    width = len(which) * lay.count_slots
     items, masks = [], []
     for node in parts:
         for pk, cts in node:
-            m = [secrets.randbelow(1 << (nb.COUNT_BITS + codec.KAPPA)) for _ in range(lay.cells)]
+            m = [secrets.randbelow(1 << (nb.COUNT_BITS + codec.KAPPA)) for _ in range(width)]
             pool = blocks.pool(pk)
             items += [pool.rerandomize(dtpkc.add_plain(p, ct, codec.pack(ch, lay.count_width)))
                       for ct, ch in zip(cts, codec.chunks(m, lay.count_slots), strict=True)]
             masks.append(m)
-    body = {"items": blocks.open_items(items), "width": lay.count_width, "slots": lay.count_slots,
-            "count": lay.cells}
+    body = {"items": blocks.open_items(items), "width": lay.count_width, "slots": lay.count_slots, "count": width}
     flat = codec.cts_from_bytes(p, blocks.link.request("dt.unpack", body)["cts"])
-    if len(flat) != lay.cells * len(masks):
+    if len(flat) != width * len(masks):
         raise ProtocolError("SU returned the wrong number of count cells")
+    cells = [w * lay.count_slots + s for w in which for s in range(lay.count_slots)]
     out, k = [], 0
     for node in parts:
-        acc: list[dtpkc.Ciphertext] | None = None
+        acc: dict[int, dtpkc.Ciphertext] = {}
         for _ in node:
-            cells = [dtpkc.add_plain(p, flat[k * lay.cells + i], -masks[k][i]) for i in range(lay.cells)]
-            acc = cells if acc is None else [dtpkc.add(p, x, y) for x, y in zip(acc, cells, strict=True)]
+            for i, cell in enumerate(cells):
+                ct = dtpkc.add_plain(p, flat[k * width + i], -masks[k][i])
+                acc[cell] = dtpkc.add(p, acc[cell], ct) if cell in acc else ct
             k += 1
-        out.append(acc)  # type: ignore[arg-type]
+        out.append(acc)
     return out
 
 
@@ -154,32 +199,45 @@ def select_conditions(blocks: Blocks, lay: nb.Layout, bins: Sequence[Sequence[dt
 
 
 def pick_sums(blocks: Blocks, owners: Sequence[OwnerRecords], bits: Sequence[Sequence[dtpkc.Ciphertext]],
-              width: int) -> list[list[list[dtpkc.Ciphertext]]]:
-    """Per owner and node: [sum_i bit_i * cells_i] (bits[node][record] flattened over owners)."""
-    p = blocks.params
-    groups, shape = [], []
+              which: Sequence[int]) -> list[list[list[dtpkc.Ciphertext]]]:
+    """Per node and owner: [sum_i bit_i * cells_i] over the packed ciphertexts ``which`` (bits[node][record],
+    records numbered over all owners in order).
+
+    Per record MU draws a coin and sends SU e = bit XOR coin (opened, uniform) with D = re-randomized [cells]
+    if coin = 0 or [-cells] if coin = 1; SU returns the re-randomized sum of the D with e = 1, which is
+    sum_i bit_i cells_i - sum_{coin_i = 1} cells_i; MU adds the second sum back."""
+    p, width = blocks.params, len(which)
+    groups, fixes, shape = [], [], []
     for node_bits in bits:
         offset = 0
         for owner in owners:
             pool = blocks.pool(owner.pk)
-            blinded, opts = [], []
-            for i, cells in enumerate(owner.cells):
+            blinded, sent = [], []
+            fix: list[dtpkc.Ciphertext] | None = None
+            for i, record in enumerate(owner.cells):
+                cells = [record[w] for w in which]
                 coin = secrets.randbits(1)
                 bit = node_bits[offset + i]
                 x = dtpkc.add_plain(p, dtpkc.negate(p, bit), 1) if coin else bit
                 blinded.append(blocks.system_pool.rerandomize(x))
-                real = [codec.ct_to_bytes(p, pool.rerandomize(c)) for c in cells]
-                zero = [codec.ct_to_bytes(p, pool.encrypt(0)) for _ in cells]
-                opts.append(real + zero if coin else zero + real)  # option e holds the record iff e XOR coin = 1
+                if coin:
+                    fix = cells if fix is None else [dtpkc.add(p, f, c) for f, c in zip(fix, cells, strict=True)]
+                    cells = [dtpkc.negate(p, c) for c in cells]
+                sent.append([codec.ct_to_bytes(p, pool.rerandomize(c)) for c in cells])
             offset += len(owner.cells)
-            groups.append({"key": codec.key_id(owner.pk), "bits": blocks.open_items(blinded), "opts": opts})
+            groups.append({"key": codec.key_id(owner.pk), "bits": blocks.open_items(blinded), "cts": sent})
+            fixes.append(fix)
         shape.append(len(owners))
     reply = codec.cts_from_bytes(p, blocks.link.request("dt.pick", {"groups": groups, "width": width})["cts"])
     if len(reply) != width * len(groups):
         raise ProtocolError("SU returned the wrong number of sums")
+    sums = []
+    for g, fix in enumerate(fixes):
+        part = reply[g * width:(g + 1) * width]
+        sums.append(part if fix is None else [dtpkc.add(p, a, f) for a, f in zip(part, fix, strict=True)])
     out, k = [], 0
     for n in shape:
-        out.append([reply[(k + o) * width:(k + o + 1) * width] for o in range(n)])
+        out.append(sums[k:k + n])
         k += n
     return out
 
@@ -192,7 +250,7 @@ def _reveal(blocks: Blocks, cts: Sequence[dtpkc.Ciphertext], bound: int) -> list
     return values
 
 
-def _split_entries(blocks: Blocks, lay: nb.Layout, cells: list[dtpkc.Ciphertext]) -> list[Entry]:
+def _split_entries(blocks: Blocks, lay: nb.Layout, cells: dict[int, dtpkc.Ciphertext]) -> list[Entry]:
     """(numerator, denominator, index) of every candidate's Gini proxy, two multiplication rounds."""
     p, spool = blocks.params, blocks.system_pool
     tot = [cells[lay.class_count(c)] for c in range(lay.classes)]
@@ -205,12 +263,12 @@ def _split_entries(blocks: Blocks, lay: nb.Layout, cells: list[dtpkc.Ciphertext]
     ln = [dtpkc.add_plain(p, dtpkc.sum_ciphertexts(p, x), 1) for x in lefts]  # L + 1
     rn = [dtpkc.add_plain(p, dtpkc.sum_ciphertexts(p, x), 1) for x in rights]  # R + 1
     xs = [v for x, y in zip(lefts, rights, strict=True) for v in x + y]
-    sq = blocks.mul(xs + ln, xs + rn)
+    sq = mul(blocks, xs + ln, xs + rn, COUNT_MUL)
     den = sq[len(xs):]
     per = 2 * lay.classes
     a = [dtpkc.sum_ciphertexts(p, sq[k * per:k * per + lay.classes]) for k in range(len(cands))]
     b = [dtpkc.sum_ciphertexts(p, sq[k * per + lay.classes:(k + 1) * per]) for k in range(len(cands))]
-    nums = blocks.mul(a + b, rn + ln)
+    nums = mul(blocks, a + b, rn + ln, NUM_MUL)
     return [(dtpkc.add(p, nums[k], nums[len(cands) + k]), den[k], spool.encrypt(k)) for k in range(len(cands))]
 
 
@@ -231,9 +289,11 @@ def train(blocks: Blocks, schema: nb.Schema, owners: Sequence[OwnerRecords], dep
     reach: dict[int, list[dtpkc.Ciphertext] | None] = {1: None}
     splits: dict[int, tuple[int, int]] = {}
     cands = candidates(lay)
+    every, leaf_cts = list(range(lay.cts_per_record)), class_cts(lay)
+    pks = [o.pk for o in owners]
     for level in range(depth):
         nodes = list(range(1 << level, 1 << (level + 1)))
-        cells = unpack_counts(blocks, lay, [list(zip([o.pk for o in owners], counts[k], strict=True)) for k in nodes])
+        cells = unpack_counts(blocks, lay, [list(zip(pks, counts[k], strict=True)) for k in nodes], every)
         entries = [_split_entries(blocks, lay, c) for c in cells]
         winners = _reveal(blocks, tournament(blocks, entries), len(cands))
         for k, w in zip(nodes, winners, strict=True):
@@ -242,20 +302,21 @@ def train(blocks: Blocks, schema: nb.Schema, owners: Sequence[OwnerRecords], dep
         lefts = []
         for n, k in enumerate(nodes):
             col = [row[n] for row in conds]
-            lefts.append(col if reach[k] is None else blocks.mul(reach[k], col))  # type: ignore[arg-type]
-        sums = pick_sums(blocks, owners, lefts, lay.cts_per_record)
+            lefts.append(col if reach[k] is None else mul(blocks, reach[k], col, 2))  # type: ignore[arg-type]
+        which = leaf_cts if level == depth - 1 else every  # leaves need only the class counts
+        sums = pick_sums(blocks, owners, lefts, which)
         for n, k in enumerate(nodes):
             parent = reach[k]
             reach[2 * k] = lefts[n]
             reach[2 * k + 1] = [dtpkc.add_plain(p, dtpkc.negate(p, x), 1) if parent is None else dtpkc.sub(p, r, x)
                                 for x, r in zip(lefts[n], parent or lefts[n], strict=True)]
             counts[2 * k] = sums[n]
-            counts[2 * k + 1] = [[dtpkc.sub(p, x, y) for x, y in zip(par, left, strict=True)]
+            counts[2 * k + 1] = [[dtpkc.sub(p, par[w], y) for w, y in zip(which, left, strict=True)]
                                  for par, left in zip(counts[k], sums[n], strict=True)]
         if progress:
             progress("level", level + 1, depth)
     leaves = list(range(1 << depth, 1 << (depth + 1)))
-    cells = unpack_counts(blocks, lay, [list(zip([o.pk for o in owners], counts[k], strict=True)) for k in leaves])
+    cells = unpack_counts(blocks, lay, [list(zip(pks, counts[k], strict=True)) for k in leaves], leaf_cts)
     one = [blocks.system_pool.encrypt(1) for _ in range(lay.classes)]
     groups = [[(c[lay.class_count(y)], one[y], blocks.system_pool.encrypt(y)) for y in range(lay.classes)]
               for c in cells]
@@ -287,7 +348,7 @@ def predict(blocks: Blocks, model: dict[str, Any], queries: Sequence[Sequence[dt
                 left, right = vals[2 * k - base], vals[2 * k + 1 - base]
                 bits.append(conds[q][k - 1])
                 diffs.append(dtpkc.sub(p, left, right))
-        prods = blocks.mul(bits, diffs)
+        prods = mul(blocks, bits, diffs, COUNT_MUL)
         width = len(nodes)
         values = [[dtpkc.add(p, vals[2 * k + 1 - base], prods[q * width + k - (1 << level)]) for k in nodes]
                   for q, vals in enumerate(values)]
