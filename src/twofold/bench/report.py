@@ -172,6 +172,11 @@ def write_report(source: Path, out: Path) -> Path:
              f"`{Path(source).name}`. Machine: {machine.get('cpus', '?')} CPUs, {machine.get('memory_gib', '?')} GiB, "
              f"{machine.get('platform', '')}, Python {machine.get('python', '')}. The enclave is the simulation "
              "backend throughout.", ""]
+    loads = {name: r["machine"]["load_average_1m"] for name, r in runs.items()
+             if isinstance(r.get("machine"), dict) and "load_average_1m" in r["machine"]}
+    if loads:
+        lines += ["Load average of the machine (other work) when each benchmark finished: "
+                  + ", ".join(f"{name} {value}" for name, value in loads.items()) + ".", ""]
     if doc.get("note"):
         lines += [f"Note: {doc['note']}.", ""]
     if "encrypt" in runs:
