@@ -19,9 +19,9 @@ def test_bench_all_subset_and_report(tmp_path):
 
     spark = {"benchmark": "spark", "rows": 1000, "cols": 3, "partitions": 2, "enclave": "simulation", "results": [
         {"algorithm": "logreg", "mode": mode, "seconds": s, "metric_name": "accuracy", "metric": 0.9,
-         "ratio_to_vanilla": s / 2.0, "ratio_to_vanilla_with_load": s / 3.0, **({"passes": 3, "wall_seconds": s, "load_seconds": 0.1,
-                                          "stats_ecalls_seconds": 0.2, "update_seconds": 0.01}
-                                         if mode.startswith("partitioned") else {})}
+         "ratio_to_vanilla": s / 2.0, "ratio_to_vanilla_with_load": s / 3.0,
+         **({"passes": 3, "wall_seconds": s, "load_seconds": 0.1, "stats_ecalls_seconds": 0.2,
+             "update_seconds": 0.01} if mode.startswith("partitioned") else {})}
         for mode, s in [("vanilla", 2.0), ("whole", 2.2), ("partitioned-statistics", 1.5),
                         ("partitioned-sealed", 1.6)]]}
     doc["runs"]["spark"] = spark  # a rendering fixture: the report must lay out every section it is given
