@@ -38,6 +38,9 @@ def machine() -> dict[str, Any]:
         "cryptography": cryptography.__version__,
         "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine while this ran
     }
+    for name in ("numpy", "pyspark", "gmpy2", "torch"):
+        with contextlib.suppress(ImportError, AttributeError):
+            facts[name] = __import__(name).__version__
     with contextlib.suppress(ValueError, OSError):
         facts["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     return facts
