@@ -4,7 +4,8 @@ Steps: split the dataset (70/30, stratified, seed 0), give each half of the trai
 owner, fit the public binning on the training split, start SU and MU with ``python -m twofold he serve``, let
 the owners encrypt and upload, train, then query with encrypted queries. Times are wall-clock at the caller;
 bytes are counted by the transport (MU's links). ``plaintext_accuracy`` is scikit-learn's CategoricalNB on the
-same binning and split for nb, and LogisticRegression on the same standardized fixed-point features for lr.
+same binning and split for nb, LogisticRegression on the same standardized fixed-point features for lr, and
+the plaintext reference tree (``dt.reference_train``, same bins and rules) for dt.
 A python-paillier (``phe``) primitive comparison runs at the same key size.
 """
 

@@ -52,6 +52,9 @@ def read_table(path: Path, label: str) -> tuple[list[str], list[list[float]], li
     return features, rows, labels or []
 
 
+TRAIN_TIMEOUT = 4 * 3600.0
+
+
 class Party:
     """An enrolled owner, client or admin with its TLS identity and (for owners and clients) DT-PKC keys."""
 
@@ -77,13 +80,14 @@ class Party:
             self._pool = PairPool(self.keys.public)
         return self._pool
 
-    def connect(self) -> Channel:
-        channel = connect(self.mu_address, self._ctx, "mu", stats=[self.stats])
+    def connect(self, timeout: float | None = 600.0) -> Channel:
+        channel = connect(self.mu_address, self._ctx, "mu", stats=[self.stats], timeout=timeout)
         channel.request("hello", {"version": 1})
         return channel
 
     def request(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        with self.connect() as channel:
+        """One request on a fresh link; ``train`` waits up to TRAIN_TIMEOUT (Priv-DT at 2048 bits takes > 10 min)."""
+        with self.connect(TRAIN_TIMEOUT if kind == "train" else 600.0) as channel:
             return channel.request(kind, body)["result"]
 
     # ---------------------------------------------------------------------------------------------- owner
