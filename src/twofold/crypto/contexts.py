@@ -18,12 +18,17 @@ def key_context(purpose: str, dataset_id: str) -> bytes:
     return f"{purpose}|{dataset_id}".encode()
 
 
+def is_dataset_id(value: str) -> bool:
+    """Whether ``value`` has the form of a dataset id (``ds-`` and 16 lowercase hex digits)."""
+    return bool(_DATASET_ID.fullmatch(value))
+
+
 def dataset_of(context: bytes) -> str | None:
     """The dataset id a context names, or None if it is not a well-formed twofold context."""
     try:
         purpose, dataset_id = context.decode("ascii").split("|")
     except (UnicodeDecodeError, ValueError):
         return None
-    if purpose not in PURPOSES or not _DATASET_ID.fullmatch(dataset_id):
+    if purpose not in PURPOSES or not is_dataset_id(dataset_id):
         return None
     return dataset_id

@@ -46,7 +46,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from twofold.crypto.contexts import key_context
+from twofold.crypto.contexts import is_dataset_id, key_context
+from twofold.crypto.manifest import canonical
 from twofold.errors import ConfigError, InputError, IntegrityError
 from twofold.fsutil import write_private
 from twofold.keys.wrapping import KeyWrapper, WrappedKey
@@ -64,7 +65,6 @@ HEADER_DOMAIN = b"twofold-tensor-header-v1\x00"
 DEFAULT_SEGMENT_BYTES = 4 << 20
 DEFAULT_SHARD_BYTES = 64 << 20
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_DATASET_ID = re.compile(r"ds-[0-9a-f]{16}")
 Progress = Callable[[int], None]
 
 
@@ -86,10 +86,6 @@ def segment_aad(dataset_id: str, shard: int, segment: int, array: str) -> bytes:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.bin"
-
-
-def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 # -- layout ----------------------------------------------------------------------------------------------------
@@ -463,7 +459,7 @@ def parse_public(raw: bytes) -> dict[str, Any]:
             raise ValueError("format")
         if not isinstance(doc["keys"]["data_key"], str) or not isinstance(doc["tag"], str):
             raise ValueError("shape")
-        if not _DATASET_ID.fullmatch(str(body["dataset_id"])):
+        if not is_dataset_id(str(body["dataset_id"])):
             raise ValueError("dataset id")
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise InputError("not a twofold tensor dataset header") from None
