@@ -144,6 +144,46 @@ def test_whole_mode_runs_any_pyspark_ml_estimator(spark_env):
     assert als.userFactors.count() > 0
 
 
+def test_read_encrypted_assembles_features_like_vector_assembler(spark_env):
+    """``features=`` gives the vectors VectorAssembler gives, in dataset order, beside the kept columns."""
+    from twofold.errors import ConfigError
+    from twofold.spark import read_encrypted
+
+    spark, url = spark_env["spark"], spark_env["services"].kbs_url
+    path = spark_env["datasets"]["classification"].path
+    names = [f"f{i}" for i in (3, 0, 4)]  # any subset, any order
+    assert read_encrypted(spark, path, url, features=names).columns == ["features", "f1", "f2", "label"]
+    assembled = read_encrypted(spark, path, url, columns=["label"], features=names)
+    expected = jobs.assemble(read_encrypted(spark, path, url), names).select("features", "label")
+    got, want = assembled.collect(), expected.collect()
+    assert [(r.features.toArray().tolist(), r.label) for r in got] == \
+        [(r.features.toArray().tolist(), r.label) for r in want]
+    table = spark_env["tables"]["classification"]
+    assert got[7].features.toArray().tolist() == [table.column(n)[7].as_py() for n in names]
+    only = read_encrypted(spark, path, url, columns=[], features=["f1"], features_col="x")
+    assert only.columns == ["x"] and only.count() == 3000
+    with pytest.raises(ConfigError, match="no column 'nope'"):
+        read_encrypted(spark, path, url, features=["nope"])
+    with pytest.raises(ConfigError, match="no column 'nope'"):
+        read_encrypted(spark, path, url, columns=["nope"])
+
+
+def test_assemble_batch_refuses_nulls_and_text():
+    import pyarrow as pa
+
+    from twofold.errors import ConfigError, InputError
+    from twofold.spark.vectors import assemble_batch, check_features
+
+    batch = pa.record_batch({"a": pa.array([1, None], pa.int64()), "b": [0.5, 1.5], "t": ["x", "y"]})
+    with pytest.raises(InputError, match="'a' has null values"):
+        assemble_batch(batch, ["a", "b"], "features", [])
+    with pytest.raises(ConfigError, match="'t' is string, not numeric"):
+        check_features(batch.schema, ["b", "t"])
+    out = assemble_batch(batch.slice(0, 1), ["b", "a"], "v", ["t"])
+    assert out.column("v").to_pylist() == [{"type": 1, "size": None, "indices": None, "values": [0.5, 1.0]}]
+    assert out.column("t").to_pylist() == ["x"]
+
+
 def test_cli_train_predict_decrypt(spark_env, tmp_path):
     """The commands a user runs, with a running key broker (--kbs) and the owner's keystore for predictions."""
     import pyarrow.csv as pacsv

@@ -107,7 +107,7 @@ def _private_tmp() -> str:
 
 def _train_whole(spark: Any, path: Path, algorithm: str, kbs_url: str, params: dict[str, Any],
                  columns: list[str], label: str) -> TrainResult:
-    frame = assemble(read_encrypted(spark, path, kbs_url), columns).cache()
+    frame = read_encrypted(spark, path, kbs_url, columns=[label] if label else [], features=columns).cache()
     model = mllib_estimator(algorithm, params, label).fit(frame)
     frame.unpersist()
     tmp = _private_tmp()
@@ -179,7 +179,7 @@ def _predict_whole(spark: Any, model: ModelFile, path: Path, kbs_url: str, colum
         fitted = classes[model.algorithm].load(os.path.join(tmp, "model"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = fitted.transform(assemble(read_encrypted(spark, path, kbs_url), columns))
+    out = fitted.transform(read_encrypted(spark, path, kbs_url, columns=[label] if label else [], features=columns))
     if model.algorithm == "pca":
         from pyspark.ml.functions import vector_to_array
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from twofold.data.tabular import EncryptedDataset, read_manifest, schema_from_b6
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.measure import whole_measurement
+from twofold.errors import ConfigError
+from twofold.spark.vectors import assemble_batch, assembled_schema
 
 _sessions: dict[str, BrokerSession] = {}
 _lock = threading.Lock()
@@ -37,23 +40,51 @@ def attested_session(kbs_url: str) -> BrokerSession:
         return session
 
 
-def _decrypt_partitions(path: str, kbs_url: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+@dataclass(frozen=True)
+class _Assembly:
+    features: list[str]
+    features_col: str
+    keep: list[str]
+
+
+def _decrypt_partitions(path: str, kbs_url: str, columns: list[str] | None, assembly: _Assembly | None,
+                        batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     dataset = EncryptedDataset.open(path, attested_session(kbs_url))
     for batch in batches:
         for index in batch.column("index").to_pylist():
-            yield from dataset.read_file(int(index)).to_batches()
+            for plain in dataset.read_file(int(index), columns).to_batches():
+                if assembly is None:
+                    yield plain
+                else:
+                    yield assemble_batch(plain, assembly.features, assembly.features_col, assembly.keep)
 
 
-def read_encrypted(spark: Any, path: str | Path, kbs_url: str, columns: list[str] | None = None) -> Any:
-    """A DataFrame of the dataset's plaintext, decrypted inside the executors (one partition per file)."""
+def read_encrypted(spark: Any, path: str | Path, kbs_url: str, columns: list[str] | None = None,
+                   features: list[str] | None = None, features_col: str = "features") -> Any:
+    """A DataFrame of the dataset's plaintext, decrypted inside the executors (one partition per file).
+
+    ``columns`` selects columns (all by default). With ``features``, those columns arrive assembled into one
+    dense ``pyspark.ml`` vector column ``features_col`` (what ``VectorAssembler`` gives, built per Arrow batch
+    in the executor), followed by ``columns`` (by default every column that is not a feature).
+    """
     from pyspark.sql.pandas.types import from_arrow_schema
 
     path = str(Path(path).resolve())
     body = read_manifest(Path(path))["manifest"]
     schema = schema_from_b64(body["schema"]["arrow"])
+    for name in columns or []:
+        if name not in schema.names:
+            raise ConfigError(f"no column {name!r} in the dataset")
+    assembly = None
+    if features is not None:
+        keep = columns if columns is not None else [c for c in schema.names if c not in features]
+        spark_schema = assembled_schema(schema, features, features_col, keep)
+        assembly = _Assembly(list(features), features_col, list(keep))
+        columns = list(dict.fromkeys([*features, *keep]))
+    else:
+        spark_schema = from_arrow_schema(pa.schema([schema.field(c) for c in columns]) if columns else schema)
     count = len(body["files"])
     indices = spark.createDataFrame(spark.sparkContext.parallelize([(i,) for i in range(count)], max(count, 1)),
                                     "index int")  # partition i holds file i, so row order is the dataset's
-    frame = indices.mapInArrow(lambda batches: _decrypt_partitions(path, kbs_url, batches),
-                               from_arrow_schema(schema))
-    return frame.select(*columns) if columns else frame
+    return indices.mapInArrow(lambda batches: _decrypt_partitions(path, kbs_url, columns, assembly, batches),
+                              spark_schema)
