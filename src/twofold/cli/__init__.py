@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``twofold`` and ``python -m twofold``; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    # Warnings of the library (e.g. SIMULATION evidence) reach the user as formatted lines; servers reconfigure.
+    logging.basicConfig(level=logging.WARNING, format="twofold: %(levelname)s %(message)s", stream=sys.stderr)
     try:
         cli.main(args=args, prog_name="twofold", standalone_mode=False)
     except click.exceptions.Abort:

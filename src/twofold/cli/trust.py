@@ -40,7 +40,7 @@ def tcb(as_json: bool, show_files: bool) -> None:
 
 
 def _serve_logging(name: str) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"twofold {name}: %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=f"twofold {name}: %(levelname)s %(message)s", force=True)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
