@@ -33,3 +33,17 @@ def test_background_refill_low_water_mark(crypto):
         assert pool.made_online == 0
     finally:
         pool.close()
+
+
+def test_take_h_uses_each_pair_once(crypto):
+    """T1-only randomness: each h^r comes from a pair that is then gone; an empty pool computes h^r inline."""
+    from twofold.he.models import dt
+
+    pool = PairPool(crypto.system.public)
+    pool.refill(3)
+    cts = [dt.t1_enc(pool, 11) for _ in range(5)]  # 3 from the pool, 2 inline
+    assert len(pool) == 0 and pool.made_online == 2 and len({c.t1 for c in cts}) == 5
+    assert all(c.t2 == 1 for c in cts)
+    again = dt.t1_rerand(pool, cts[0])
+    assert again.t1 != cts[0].t1
+    assert {int(dtpkc.strong_decrypt(crypto.strong, c)) for c in [*cts, again]} == {11}

@@ -103,8 +103,9 @@ def system(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def servers(system):
-    su = Server(system, "su")
-    mu = Server(system, "mu", extra=("--su", su.address, "--state", str(system.parent / "mu-state")))
+    su = Server(system, "su", extra=("--lr-pool", "300"))  # Priv-LR runs draw precomputed values, then inline
+    mu = Server(system, "mu", extra=("--su", su.address, "--state", str(system.parent / "mu-state"), "--lr-pool",
+                                     "300"))
     yield mu, su
     mu.stop()
     su.stop()
@@ -350,3 +351,59 @@ def test_dt_upload_train_predict(system, servers):
     assert result.stdout.split() == [schema.classes[dt.reference_predict(schema, tree, q)] for q in queries]
     status = __import__("json").loads(he("status", "--system", str(system), "--mu", mu.address).stdout)
     assert status["dt_owners"] == {"olga": 40, "omar": 30} and "dt" in status["models"]
+    # online update: a new owner's records go through the stored splits into the leaves' counts
+    result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", "otto", str(root / "otto.csv"),
+                "--label", "label", "--algorithm", "dt")
+    assert result.returncode == 0, result.stderr
+    result = he("train", "--system", str(system), "--mu", mu.address, "--algorithm", "dt")
+    assert result.returncode == 0, result.stderr
+    assert "updated dt with 20 new records (now 90 records from 3 owner(s)" in result.stderr
+    result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "carl", "--algorithm", "dt",
+                str(root / "queries.csv"))
+    assert result.returncode == 0, result.stderr
+    extra, extra_labels = read_csv(root / "otto.csv", schema.features, "label")
+    updated = dt.reference_update(schema, tree, extra, extra_labels)
+    assert result.stdout.split() == [schema.classes[dt.reference_predict(schema, updated, q)] for q in queries]
+    result = he("train", "--system", str(system), "--mu", mu.address, "--algorithm", "dt")
+    assert result.returncode == 0, result.stderr
+    assert "dt is up to date" in result.stderr and "90 records from 3 owner(s)" in result.stderr
+
+
+def test_dt_su_killed_mid_training_then_resumes(system, tmp_path):
+    """Priv-DT: SU dies during level 1; MU keeps level 0 in its checkpoint and the rerun resumes from there."""
+    from twofold.he.models import dt
+
+    root = system.parent
+    port = free_port()
+    su = Server(system, "su", port, ("--exit-after", "24"))
+    mu = Server(system, "mu", extra=("--su", su.address, "--state", str(tmp_path / "state")))
+    try:
+        for owner in ("olga", "omar"):
+            result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", owner,
+                        str(root / f"{owner}.csv"), "--label", "label", "--algorithm", "dt")
+            assert result.returncode == 0, result.stderr
+        result = he("train", "--system", str(system), "--mu", mu.address, "--algorithm", "dt")
+        assert result.returncode == 9
+        assert "SU failed during training" in result.stderr and "(1 of 2 levels): rerun train" in result.stderr
+        assert (tmp_path / "state" / "checkpoints" / "dt.msgpack").exists()
+        su.proc.wait(10)
+        su = Server(system, "su", port)
+        result = he("train", "--system", str(system), "--mu", mu.address, "--algorithm", "dt")
+        assert result.returncode == 0, result.stderr
+        assert "(resumed)" in result.stderr
+        assert not (tmp_path / "state" / "checkpoints" / "dt.msgpack").exists()
+        result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "alice", "--algorithm", "dt",
+                    str(root / "queries.csv"), "--label", "label")
+        assert result.returncode == 0, result.stderr
+        schema = nb.Schema.from_dict(__import__("json").loads((system / "public" / "schema.json").read_text()))
+        rows, labels = [], []
+        for f in ("olga", "omar"):
+            r, y = read_csv(root / f"{f}.csv", schema.features, "label")
+            rows += r
+            labels += y
+        tree = dt.reference_train(schema, rows, labels, 2)
+        queries, _ = read_csv(root / "queries.csv", schema.features, "label")
+        assert result.stdout.split() == [schema.classes[dt.reference_predict(schema, tree, q)] for q in queries]
+    finally:
+        mu.stop()
+        su.stop()

@@ -58,10 +58,11 @@ def _write_csv(path: Path, features: list[str], rows: list[list[float]], labels:
 class Servers:
     """SU and MU started through the CLI as child processes; stopped by the PIDs started."""
 
-    def __init__(self, system: Path, pool: int = 0) -> None:
+    def __init__(self, system: Path, pool: int = 0, lr_pool: dict[str, int] | None = None) -> None:
         self.system = system
         self.procs: list[subprocess.Popen] = []
         self.pool = pool
+        self.lr_pool = lr_pool or {}
 
     def _start(self, role: str, extra: list[str]) -> int:
         ready = self.system / f"{role}.port"
@@ -69,7 +70,8 @@ class Servers:
         log = open(self.system / f"{role}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([sys.executable, "-m", "twofold", "he", "serve", "--role", role, "--system",
                                  str(self.system), "--port", "0", "--ready-file", str(ready), "--pool",
-                                 str(self.pool), *extra], stdout=log, stderr=subprocess.STDOUT)
+                                 str(self.pool), "--lr-pool", str(self.lr_pool.get(role, 0)), *extra],
+                                stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -171,15 +173,20 @@ def phe_comparison(key_bits: int, ops: int = 10) -> dict[str, Any]:
     return out
 
 
-def _wait_for_pools(admin: Any, pool: int, log: Callable[[str], None]) -> float:
-    """The offline phase: wait until MU's and SU's background workers have precomputed their pairs."""
+def _wait_for_pools(admin: Any, pool: int, log: Callable[[str], None], lr_pool: dict[str, int] | None = None) -> float:
+    """The offline phase: wait until MU's and SU's background workers have precomputed their pairs (and all of
+    Priv-LR's randomness values, when asked for)."""
     start = time.perf_counter()
-    if pool <= 0:
+    lr_pool = lr_pool or {}
+    if pool <= 0 and not any(lr_pool.values()):
         return 0.0
-    log(f"offline phase: precomputing {pool} encryption pairs at MU and at SU")
+    log(f"offline phase: precomputing {pool} encryption pairs at MU and at SU"
+        + (f", Priv-LR values {lr_pool.get('mu', 0)} at MU and {lr_pool.get('su', 0)} at SU" if lr_pool else ""))
     while True:
         status = admin.request("status", {})
-        if status["pool"] >= pool * 0.95 and status["su"].get("pool", 0) >= pool * 0.95:
+        if status["pool"] >= pool * 0.95 and status["su"].get("pool", 0) >= pool * 0.95 \
+                and status.get("lr_pool", 0) >= lr_pool.get("mu", 0) \
+                and status["su"].get("lr_pool", 0) >= lr_pool.get("su", 0):
             return time.perf_counter() - start
         if time.perf_counter() - start > 900:
             raise ServiceError("pools did not fill within 15 minutes")
@@ -188,7 +195,8 @@ def _wait_for_pools(admin: Any, pool: int, log: Callable[[str], None]) -> float:
 
 def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, label: str, schema: Any,
                    xtr: list, ytr: list, xte: list, yte: list, max_queries: int | None, latency_queries: int,
-                   offline_seconds: float, pool: int, log: Callable[[str], None]) -> dict[str, Any]:
+                   offline_seconds: float, pool: int, log: Callable[[str], None],
+                   lr_pool: dict[str, int] | None = None) -> dict[str, Any]:
     """Upload, train and query one algorithm against running servers."""
     from twofold.he.client import Party
 
@@ -202,7 +210,9 @@ def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, 
     log(f"{algorithm}: training")
     admin = Party(info, "admin", mu)
     body = {"model": algorithm, "chunk": 256, "iterations": 0, "fresh": True}
+    before = admin.request("status", {})
     train_seconds, trained = timed(lambda: admin.request("train", body))
+    after = admin.request("status", {})
     client = Party(info, "client", mu)
     queries = xte if max_queries is None else xte[:max_queries]
     truth = yte[: len(queries)]
@@ -234,6 +244,10 @@ def _run_algorithm(algorithm: str, info: Any, mu: str, owners: list, tmp: Path, 
         "depth": trained.get("depth"),
         "offline_pool_seconds": offline_seconds,
         "pool_pairs_target": pool,
+        "lr_pool_values_target": lr_pool if algorithm == "lr" else None,
+        "lr_values_computed_online_in_training": {
+            "mu": after.get("lr_online", 0) - before.get("lr_online", 0),
+            "su": after["su"].get("lr_online", 0) - before["su"].get("lr_online", 0)} if algorithm == "lr" else None,
         "records": len(xtr),
         "owners": len(owners),
     }
@@ -271,14 +285,19 @@ def run(dataset: str, label: str | None, algorithms: list[str], key_bits: int, *
         (info.public / "schema.json").write_text(schema.to_json() + "\n")
         lr_schema = lr.fit_schema(features, label, xtr, ytr)
         (info.public / "lr.json").write_text(lr_schema.to_json() + "\n")
-        servers = Servers(root, pool)
+        lr_pool: dict[str, int] = {}
+        if pool > 0 and "lr" in algorithms:  # the whole training run's randomness, precomputed offline
+            lr_pool = dict(zip(("mu", "su"), lr.randomness_budget(info.params(), lr_schema, len(xtr), len(owners)),
+                               strict=True))
+        servers = Servers(root, pool, lr_pool)
         try:
             mu = servers.start()
-            offline_seconds = _wait_for_pools(Party(info, "admin", mu), pool, log)
+            offline_seconds = _wait_for_pools(Party(info, "admin", mu), pool, log, lr_pool)
             for algorithm in [a for a in algorithms if a in IMPLEMENTED]:
                 results.append(_run_algorithm(algorithm, info, mu, owners, Path(tmp), label,
                                               lr_schema if algorithm == "lr" else schema, xtr, ytr, xte, yte,
-                                              max_queries, latency_queries, offline_seconds, pool, log))
+                                              max_queries, latency_queries, offline_seconds, pool, log,
+                                              lr_pool))
             status = Party(info, "admin", mu).request("status", {})
         finally:
             servers.stop()

@@ -89,16 +89,18 @@ def schema_cmd(system_dir: Path, data: Path, label: str, bins: int) -> None:
 @click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
 @click.option("--pool", type=click.IntRange(0), default=0, show_default=True,
               help="Encryption pairs to keep precomputed by a background process.")
+@click.option("--lr-pool", type=click.IntRange(0), default=0, show_default=True,
+              help="Priv-LR randomness values (T1 only) to keep precomputed by a background process.")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the listening port here once ready.")
 @click.option("--exit-after", type=int, default=None, hidden=True, help="Fault injection: SU exits after N requests.")
 def serve(role: str, system_dir: Path, host: str, port: int, su_address: str | None, state: Path | None,
-          threads: int, pool: int, ready_file: Path | None, exit_after: int | None) -> None:
+          threads: int, pool: int, lr_pool: int, ready_file: Path | None, exit_after: int | None) -> None:
     """Run MU or SU until interrupted."""
     from twofold.he.server import run
 
     run(role, _open(system_dir), host, port, su_address=su_address, state=state, threads=threads, pool=pool,
-        ready_file=ready_file, exit_after=exit_after)
+        ready_file=ready_file, exit_after=exit_after, lr_pool=lr_pool)
 
 
 @he.command("upload")
@@ -129,17 +131,33 @@ def upload(system_dir: Path, mu_address: str, owner: str, data: Path, label: str
 @click.option("--chunk", type=click.IntRange(1), default=256, show_default=True, help="Table entries per SU round.")
 @click.option("--iterations", type=click.IntRange(0), default=0,
               help="lr: gradient steps (default 10); they continue from the stored encrypted weights.")
-@click.option("--fresh", is_flag=True, help="lr: start from zero weights instead of the stored model.")
-@click.option("--depth", type=click.IntRange(1, 4), default=2, show_default=True, help="dt: tree depth.")
+@click.option("--fresh", is_flag=True,
+              help="lr: start from zero weights instead of the stored model; dt: rebuild the tree over all records "
+                   "instead of updating the stored one.")
+@click.option("--depth", type=click.IntRange(1, 4), default=None,
+              help="dt: tree depth (default: the stored model's, else 2); another depth than the model's rebuilds.")
 def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int, iterations: int,
-          fresh: bool, depth: int) -> None:
-    """Ask MU to train (resume, or for lr warm-start) a model over all uploaded data."""
+          fresh: bool, depth: int | None) -> None:
+    """Ask MU to train a model over all uploaded data: resume an interrupted run, warm-start lr from its stored
+    weights, update a stored dt with the records it does not hold yet (its splits stay; --fresh rebuilds)."""
     from twofold.he.client import Party
 
-    body = {"model": model, "chunk": chunk, "iterations": depth if model == "dt" else iterations, "fresh": fresh}
+    body = {"model": model, "chunk": chunk, "iterations": (depth or 0) if model == "dt" else iterations,
+            "fresh": fresh}
     result = Party(_open(system_dir), admin, mu_address).request("train", body)
-    info(f"trained {model} on {result['records']} records from {result['owners']} owner(s) in "
-         f"{result['seconds']:.2f} s{' (resumed)' if result['resumed'] else ''}; MU-SU {result['bytes_mu_su']} bytes")
+    mode = result.get("mode", "full")
+    link = f"MU-SU {result['bytes_mu_su']} bytes"
+    if mode == "unchanged":
+        info(f"{model} is up to date: no records since the last training ({result['records']} records from "
+             f"{result['owners']} owner(s)); nothing to do (--fresh rebuilds the tree)")
+    elif mode == "update":
+        info(f"updated {model} with {result['new_records']} new records (now {result['records']} records from "
+             f"{result['owners']} owner(s); splits unchanged, --fresh rebuilds them) in {result['seconds']:.2f} s; "
+             f"{link}")
+    else:
+        why = f" (rebuilt: {result['reason']})" if result.get("reason") else ""
+        info(f"trained {model} on {result['records']} records from {result['owners']} owner(s) in "
+             f"{result['seconds']:.2f} s{' (resumed)' if result['resumed'] else ''}{why}; {link}")
 
 
 @he.command("predict")
@@ -193,7 +211,8 @@ def status(system_dir: Path, mu_address: str, admin: str) -> None:
 @click.option("--max-queries", type=click.IntRange(1), default=None,
               help="Encrypted queries (default: the whole test split).")
 @click.option("--pool", type=click.IntRange(0), default=2500, show_default=True,
-              help="Encryption pairs MU and SU precompute offline before training.")
+              help="Encryption pairs MU and SU precompute offline before training (with lr also the whole "
+                   "run's Priv-LR randomness; 0: no offline phase).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def bench_he(dataset: str, label: str | None, algorithms: str, key_bits: int, bins: int, max_queries: int | None,
              pool: int, json_path: Path | None) -> None:

@@ -709,7 +709,8 @@ def scalar_mul(params: PublicParams, a: Ciphertext, k: int) -> Ciphertext:
     k = _as_int(k, "k") % int(params.n)
     if k > params.n // 2:
         a, k = negate(params, a), int(params.n) - k
-    return Ciphertext(gmpy2.powmod(a.t1, k, params.n_sq), gmpy2.powmod(a.t2, k, params.n_sq))
+    t2 = a.t2 if a.t2 == 1 else gmpy2.powmod(a.t2, k, params.n_sq)  # T1-only ciphertexts (T2 = 1) stay so
+    return Ciphertext(gmpy2.powmod(a.t1, k, params.n_sq), t2)
 
 
 def add_plain(params: PublicParams, a: Ciphertext, m: int) -> Ciphertext:

@@ -36,7 +36,7 @@ class Blocks:
     """Building blocks run by MU against an SU link."""
 
     def __init__(self, link: Channel, share1: dtpkc.StrongKeyShare, system_pool: PairPool, *,
-                 threads: int = 2) -> None:
+                 threads: int = 2, pools: dict[bytes, PairPool] | None = None) -> None:
         if share1.role != 1:
             raise ValueError("MU needs the role-1 share")
         self.link = link
@@ -45,7 +45,9 @@ class Blocks:
         self.system_pool = system_pool
         self.system_pk = system_pool.pk
         self.threads = threads
-        self._pools: dict[bytes, PairPool] = {codec.key_id(self.system_pk): system_pool}
+        # per-key pools (fixed-base tables and their pairs) may outlive one request: ``pools`` is shared
+        self._pools: dict[bytes, PairPool] = pools if pools is not None else {}
+        self._pools[codec.key_id(self.system_pk)] = system_pool
         self._lock = threading.Lock()
 
     def pool(self, pk: dtpkc.PublicKey | None) -> PairPool:
@@ -54,7 +56,7 @@ class Blocks:
         key = codec.key_id(pk)
         with self._lock:
             if key not in self._pools:
-                self._pools[key] = PairPool(pk)
+                self._pools[key] = PairPool(pk, g_table=self.system_pool.g_table)
             return self._pools[key]
 
     def open_items(self, cts: Sequence[dtpkc.Ciphertext]) -> list[list[bytes]]:

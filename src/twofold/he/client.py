@@ -101,9 +101,6 @@ class Party:
                                                              lschema.class_index(y))
         schema = load_schema(self.info)
         lay = nb.layout_for(self.params, schema)
-        if model == "dt":
-            return schema, lambda row, y: dt.encrypt_record(pool.encrypt, lay, schema.bin_row(row),
-                                                            schema.class_index(y))
         return schema, lambda row, y: nb.encrypt_record(pool.encrypt, lay, schema.bin_row(row),
                                                         schema.class_index(y))
 
@@ -120,7 +117,11 @@ class Party:
             for index, start in enumerate(range(0, len(rows), chunk_records)):
                 cts = []
                 batch = range(start, min(len(rows), start + chunk_records))
-                for i in batch:
+                if model == "dt":  # count vectors, then the chunk's bins packed per feature
+                    lay = nb.layout_for(self.params, schema)
+                    cts = dt.encrypt_chunk(self.pool().encrypt, lay, [schema.bin_row(rows[i]) for i in batch],
+                                           [schema.class_index(labels[i]) for i in batch])  # type: ignore[index]
+                for i in batch if model != "dt" else ():
                     cts += encode(rows[i], labels[i])  # type: ignore[index]
                 body = {"model": model, "key_id": codec.key_id(self.keys.public), "chunk": f"{digest}-{index}",
                         "records": len(batch), "cts": [codec.ct_to_bytes(self.params, c) for c in cts]}

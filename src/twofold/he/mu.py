@@ -67,7 +67,7 @@ class MasterUnit:
     """The MU request handler (transport independent); ``su_factory`` opens a link to SU."""
 
     def __init__(self, info: SystemInfo, state: Path, su_address: str | None, *, threads: int = 2,
-                 pool_target: int = 0, su_factory: Any = None) -> None:
+                 pool_target: int = 0, lr_pool_target: int = 0, su_factory: Any = None) -> None:
         self.info = info
         self.params = info.params()
         self.share = info.share("mu", self.params)
@@ -82,12 +82,15 @@ class MasterUnit:
         self.su_address = su_address
         self.su_stats = LinkStats()
         self._t1: fastexp.T1Source | None = None
+        if lr_pool_target:
+            self.t1().start_background(lr_pool_target)  # Priv-LR's T1-only randomness, precomputed
         self._su_factory = su_factory
         self._su: Channel | None = None
         self._su_lock = threading.Lock()
         self._train_lock = threading.Lock()
         self._upload_lock = threading.Lock()
         self._models: dict[str, dict[str, Any]] = {}
+        self._key_pools: dict[bytes, PairPool] = {}  # per owner/client key, kept across requests (tables)
         self.link_stats: dict[str, LinkStats] = {}
         self.progress: dict[str, Any] = {}
         self._handlers = {"hello": (self._hello, ("owner", "client", "admin")),
@@ -125,7 +128,7 @@ class MasterUnit:
             self._su = None
 
     def blocks(self) -> Blocks:
-        return Blocks(self._link(), self.share, self.system_pool, threads=self.threads)
+        return Blocks(self._link(), self.share, self.system_pool, threads=self.threads, pools=self._key_pools)
 
     def t1(self) -> fastexp.T1Source:
         if self._t1 is None:
@@ -204,9 +207,14 @@ class MasterUnit:
         if records < 1 or len(body["cts"]) != records * lay.cts_per_record:
             raise ProtocolError("upload does not hold records x ciphertexts-per-record ciphertexts")
         cts = codec.cts_from_bytes(self.params, body["cts"])
+        per = lay.cts_per_record
+        # MU's PSDec1 of each record ciphertext, computed once here and reused by every training run (lr.Session)
+        partials = lr.upload_partials(self.share, [c for r in range(records) for c in cts[r * per:r * per + lay.a_cts]],
+                                      self.threads)
         with self._upload_lock:
             path = self.state / "lr-owners" / f"{check_name(peer[1])}.msgpack"
-            doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "x": [], "stats": None}
+            doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "x": [], "xp": [],
+                                       "stats": None}
             if doc["key"] != body["key_id"]:
                 raise KeyAccessError("owner key changed since the first upload")
             if body["chunk"] in doc["chunks"]:
@@ -214,6 +222,8 @@ class MasterUnit:
             if doc["records"] + records >= 1 << lr.COUNT_BITS:
                 raise InputError("too many training records for the statistics layout")
             agg = codec.cts_from_bytes(self.params, doc["stats"]) if doc["stats"] else None
+            if "xp" in doc and len(doc["xp"]) == len(doc["x"]):
+                doc["xp"] += partials
             for r in range(records):
                 rec = cts[r * lay.cts_per_record : (r + 1) * lay.cts_per_record]
                 doc["x"] += [codec.ct_to_bytes(self.params, c) for c in rec[: lay.a_cts]]
@@ -226,23 +236,25 @@ class MasterUnit:
         return {"records": doc["records"], "chunks": len(doc["chunks"])}
 
     def _upload_dt(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
-        """Keep each record's count and bin ciphertexts (Priv-DT needs per-record data, not sums)."""
+        """Keep each chunk's count vectors and feature columns (Priv-DT needs per-record data, not sums)."""
         lay = nb.layout_for(self.params, load_schema(self.info))
-        per = dt.cts_per_record(lay)
+        layout = f"columns:{lay.cts_per_record}:{lay.q_slots}:{lay.features}"
         records = body["records"]
-        if records < 1 or len(body["cts"]) != records * per:
-            raise ProtocolError("upload does not hold records x ciphertexts-per-record ciphertexts")
+        if records < 1 or len(body["cts"]) != dt.chunk_cts(lay, records):
+            raise ProtocolError("upload does not hold records x count ciphertexts plus the feature columns")
         codec.cts_from_bytes(self.params, body["cts"])  # strict decoding
         with self._upload_lock:
             path = self.state / "dt-owners" / f"{check_name(peer[1])}.msgpack"
-            doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "cts": [], "per": per}
+            doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "cts": [], "sizes": [],
+                                       "layout": layout}
             if doc["key"] != body["key_id"]:
                 raise KeyAccessError("owner key changed since the first upload")
             if body["chunk"] in doc["chunks"]:
                 raise InputError(f"chunk {body['chunk']!r} was already uploaded")
-            if doc["per"] != per:
-                raise InputError("stored records do not match the schema")
+            if doc.get("layout") != layout:
+                raise InputError("stored records do not match the schema or layout: the owner must upload again")
             doc["cts"] += list(body["cts"])
+            doc["sizes"].append(records)
             doc["records"] += records
             doc["chunks"].append(body["chunk"])
             self._save(path, doc)
@@ -255,27 +267,61 @@ class MasterUnit:
             doc = self._load(path)
             if not doc or not doc["records"]:
                 continue
+            if "sizes" not in doc:
+                raise InputError(f"stored Priv-DT records of {path.stem} predate the column layout: upload again")
             cts = codec.cts_from_bytes(self.params, doc["cts"])
-            per, k = doc["per"], lay.cts_per_record
-            recs = [cts[i:i + per] for i in range(0, len(cts), per)]
-            owners.append(dt.OwnerRecords(dtpkc.public_key_from_bytes(self.params, doc["key"]),
-                                          [r[:k] for r in recs], [r[k:] for r in recs]))
+            cells, bins, at = [], [], 0
+            for size in doc["sizes"]:
+                n = dt.chunk_cts(lay, size)
+                rec, cols = dt.split_chunk(lay, cts[at:at + n], size)
+                cells += rec
+                bins.append((size, cols))
+                at += n
+            owners.append(dt.OwnerRecords(dtpkc.public_key_from_bytes(self.params, doc["key"]), cells, bins))
         before = self.su_stats.sent + self.su_stats.received
         start = time.perf_counter()
 
         def progress(step: str, done: int, total: int) -> None:
             self.progress = {"model": "dt", "step": step, "done": done, "total": total}
 
-        try:
-            model = dt.train(self.blocks(), load_schema(self.info), owners, body["iterations"] or dt.DEPTH,
-                             progress=progress)
-        except ServiceError as exc:
-            self._drop_link()
-            raise ServiceError(f"SU failed during training ({exc}); the stored model is unchanged: rerun "
-                               "train") from None
+        # A checkpoint of an interrupted training over exactly these records is resumed; otherwise a stored model
+        # is updated with the records it does not hold yet (unless ``fresh``); otherwise the tree is trained.
+        schema = load_schema(self.info)
+        checkpoint = _FileCheckpoint(self.state / "checkpoints" / "dt.msgpack")
+        prev = self._load(self.state / "models" / "dt.msgpack")
+        resume = dt.resumable_depth(checkpoint.load(), schema, owners, self.params, body["iterations"])
+        plan, reason = None, ""
+        if prev is not None and resume is None:
+            if body["fresh"]:
+                reason = "--fresh"
+            else:
+                plan = dt.plan_update(self.params, schema, prev, owners, body["iterations"])
+                reason, plan = (plan.reason, None) if plan.reason else ("", plan)
+        result = {"model": "dt", "owners": len(owners), "reason": reason}
+        if plan is not None:
+            if not plan.new:
+                return {**result, "mode": "unchanged", "records": prev["records"], "new_records": 0, "resumed": False,
+                        "seconds": time.perf_counter() - start, "depth": prev["depth"], "bytes_mu_su": 0}
+            try:
+                model = dt.update(self.blocks(), schema, prev, owners, plan=plan, progress=progress)
+            except ServiceError as exc:
+                self._drop_link()
+                raise ServiceError(f"SU failed during the update ({exc}); the stored model is unchanged: rerun "
+                                   "train") from None
+            result |= {"mode": "update", "new_records": plan.new_records}
+        else:
+            depth = body["iterations"] or resume or (prev["depth"] if prev else dt.DEPTH)
+            try:
+                model = dt.train(self.blocks(), schema, owners, depth, progress=progress, checkpoint=checkpoint)
+            except ServiceError as exc:
+                self._drop_link()
+                done = self.progress.get("done", 0) if self.progress.get("model") == "dt" else 0
+                raise ServiceError(f"SU failed during training ({exc}); progress is saved ({done} of "
+                                   f"{depth} levels): rerun train to resume") from None
+            result |= {"mode": "full", "new_records": model["records"]}
         self._save(self.state / "models" / "dt.msgpack", model)
         self._models["dt"] = model
-        return {"model": "dt", "records": model["records"], "owners": len(owners), "resumed": False,
+        return {**result, "records": model["records"], "resumed": model["resumed"],
                 "seconds": time.perf_counter() - start, "depth": model["depth"],
                 "bytes_mu_su": self.su_stats.sent + self.su_stats.received - before}
 
@@ -285,7 +331,7 @@ class MasterUnit:
             doc = self._load(path)
             if doc and doc["records"]:
                 out.append(lr.OwnerData(dtpkc.public_key_from_bytes(self.params, doc["key"]), doc["records"],
-                                        doc["x"], doc["stats"]))
+                                        doc["x"], doc["stats"], doc.get("xp")))
         return out
 
     def _train_lr(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -378,7 +424,8 @@ class MasterUnit:
                 self._drop_link()
                 su = {"error": str(exc)}
         return {"owners": owners, "lr_owners": lr_owners, "dt_owners": dt_owners, "models": models, "links": links,
-                "pool": len(self.system_pool), "su": su,
+                "pool": len(self.system_pool), "su": su, "lr_pool": len(self._t1) if self._t1 else 0,
+                "lr_online": self._t1.made_online if self._t1 else 0,
                 "progress": dict(self.progress), "bits": self.params.bits}
 
     def _predict(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:

@@ -56,8 +56,8 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "su.argmax": {"target": "bytes", "classes": "int", "width": "int", "items": _PAIRS},
     "su.stats": {},
     # MU -> SU, Priv-LR
-    "lr.load": {"session": "str", "cols": "int", "width": "int", "slots": "int", "per": "int", "x": _PAIRS,
-                "stats": _PAIRS, "swidth": "int", "sslots": "int"},
+    "lr.load": {"session": "str", "first": "bool", "cols": "int", "width": "int", "slots": "int", "per": "int",
+                "x": _PAIRS, "stats": _PAIRS, "swidth": "int", "sslots": "int"},
     "lr.forward": {"session": "str", "w": ["bytes"]},
     "lr.sigmoid": {"session": "str", "z": _PAIRS, "zwidth": "int", "zslots": "int", "trig": ["bytes"],
                    "period": "int", "harmonics": ["int"], "coef": ["int"]},
@@ -69,7 +69,9 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "dt.unpack": {"items": _PAIRS, "width": "int", "slots": "int", "count": "int"},
     "dt.select": {"items": [{"q": _PAIRS, "sel": [{"feature": "int", "table": ["bytes"]}]}], "qwidth": "int",
                   "bins": "int", "features": "int"},
-    "dt.pick": {"groups": [{"key": "bytes", "bits": _PAIRS, "cts": [["bytes"]]}], "width": "int"},
+    "dt.pick": {"groups": [{"key": "bytes", "bits": _PAIRS, "cts": [["bytes"]]}], "width": "int", "slots": "int"},
+    "dt.mul": {"items": _PAIRS, "width": "int", "count": "int"},
+    "dt.duel": {"items": _PAIRS, "entries": [["bytes"]], "width": "int"},
     "dt.reveal": {"items": _PAIRS, "bound": "int"},
 }
 

@@ -56,6 +56,11 @@ class PairPool:
     def __len__(self) -> int:
         return len(self._pairs)
 
+    @property
+    def g_table(self) -> dtpkc.FixedBaseTable:
+        """The fixed-base table of g (the same for every key of the system; pools may share it)."""
+        return self._g
+
     def _fresh(self) -> tuple[mpz, mpz]:
         r = secrets.randbelow(int(self.params.n) - 1) + 1
         return self._h.pow(r), self._g.pow(r)
@@ -75,6 +80,17 @@ class PairPool:
                 return pair
         self.made_online += 1
         return self._fresh()
+
+    def take_h(self) -> mpz:
+        """h^r for a fresh r, for T1-only ciphertexts (opened only by PSDec): the h-part of a precomputed pair
+        (its g^r is dropped, the pair is never used again), or h^r alone computed on the spot."""
+        with self._lock:
+            if self._pairs:
+                pair = self._pairs.popleft()
+                self._top_up()
+                return pair[0]
+        self.made_online += 1
+        return self._h.pow(secrets.randbelow(int(self.params.n) - 1) + 1)
 
     def encrypt(self, m: int) -> dtpkc.Ciphertext:
         """Enc(m mod N) with one fresh pair."""

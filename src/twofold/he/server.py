@@ -16,9 +16,10 @@ from twofold.he.transport import TLSServer, server_context
 
 def run(role: str, info: SystemInfo, host: str, port: int, *, su_address: str | None = None,
         state: Path | None = None, threads: int = 2, pool: int = 0, ready_file: Path | None = None,
-        exit_after: int | None = None) -> None:
+        exit_after: int | None = None, lr_pool: int = 0) -> None:
     """Serve until SIGTERM or SIGINT. MU never opens su/ and SU never opens mu/."""
-    logging.basicConfig(level=logging.WARNING, format=f"twofold-{role}: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format=f"twofold-{role}: %(message)s", stream=sys.stderr,
+                        force=True)
     cert, key = info.tls_files(role)
     ctx = server_context(info.ca_pem, cert, key)
     if role == "su":
@@ -27,9 +28,12 @@ def run(role: str, info: SystemInfo, host: str, port: int, *, su_address: str | 
                              exit_after=exit_after)
         if pool:
             unit.system_pool.start_background(pool)
+        if lr_pool:
+            unit.t1().start_background(lr_pool)
         server = TLSServer(host, port, ctx, unit.handle, ("mu",))
     else:
-        mu = MasterUnit(info, state or info.root / "mu-state", su_address, threads=threads, pool_target=pool)
+        mu = MasterUnit(info, state or info.root / "mu-state", su_address, threads=threads, pool_target=pool,
+                        lr_pool_target=lr_pool)
         server = TLSServer(host, port, ctx, mu.handle, ("owner", "client", "admin"), stats=mu.link_stats)
 
     def stop(signum: int, frame: object) -> None:

@@ -51,6 +51,7 @@ class SecondaryUnit:
             "lr.close": self._lr_close,
             "dt.unpack": lambda b: su_dt.unpack(self, b), "dt.select": lambda b: su_dt.select(self, b),
             "dt.pick": lambda b: su_dt.pick(self, b), "dt.reveal": lambda b: su_dt.reveal(self, b),
+            "dt.mul": lambda b: su_dt.mul(self, b), "dt.duel": lambda b: su_dt.duel(self, b),
         }
         self._sessions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._t1: fastexp.T1Source | None = None
@@ -108,8 +109,10 @@ class SecondaryUnit:
         return "ok", {"result": {"role": "su", "bits": self.params.bits}}
 
     def _stats(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        t1 = self._t1
         return "ok", {"result": {"requests": self.requests, "pool": len(self.system_pool),
-                                 "online_pairs": self.system_pool.made_online}}
+                                 "online_pairs": self.system_pool.made_online, "lr_pool": len(t1) if t1 else 0,
+                                 "lr_online": t1.made_online if t1 else 0}}
 
     def _key_switch(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Decrypt x + r (r uniform mod N, so x is perfectly hidden) and re-encrypt under the target key."""
@@ -254,16 +257,27 @@ class SecondaryUnit:
         return rows
 
     def _lr_load(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Keep the opened share A = X + M' for the session; return the opened label statistics re-encrypted."""
-        swidth, sslots = body["swidth"], body["sslots"]
-        if sslots < 1 or swidth * sslots >= self.params.bits or not isinstance(body["session"], str):
+        """Keep the opened share A = X + M' for the session, in parts (``first`` starts the session, later parts
+        append rows, so MU prepares the next part while SU opens this one); return the opened label statistics
+        re-encrypted."""
+        swidth, sslots, sid = body["swidth"], body["sslots"], body["session"]
+        if sslots < 1 or swidth * sslots >= self.params.bits:
             raise ProtocolError("bad statistics layout")
+        if body["first"] == (sid in self._sessions):
+            raise InputError("Priv-LR session already started" if body["first"] else
+                             "unknown or expired Priv-LR session (SU restarted?): rerun train")
         rows = self._rows(body)
-        if not rows:
+        if not rows and body["first"]:
             raise InputError("no records to train on")
+        if not body["first"] and rows and len(rows[0]) != len(self._sessions[sid]["a"][0]):
+            raise ProtocolError("records do not match the session's columns")
         t1 = self.t1()
         out = [t1.encrypt(v) for x in self._open(body["stats"]) for v in codec.unpack(x, swidth, sslots)]
-        self._sessions[body["session"]] = {"a": rows, "e": None}
+        if not body["first"]:
+            self._sessions[sid]["a"] += rows
+            self._sessions[sid].pop("columns", None)
+            return self._out(out)
+        self._sessions[sid] = {"a": rows, "e": None}
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
         return self._out(out)
@@ -292,17 +306,17 @@ class SecondaryUnit:
         k = len(harmonics)
         if len(s) != n or len(trig) != 2 * k * n:
             raise ProtocolError("sigmoid inputs do not match the session")
-        p, t1, out = self.params, self.t1(), []
-        for i, v in enumerate(s):
+        from twofold.he.models.lr import angle_sums
+
+        exps = []
+        for v in s:
             phase = 2 * math.pi * (v % period) / period
-            terms, exps = [], []
-            for j, (h, c) in enumerate(zip(harmonics, coef, strict=True)):
-                terms += [trig[2 * k * i + 2 * j], trig[2 * k * i + 2 * j + 1]]
-                exps += [round(c * math.sin(h * phase)), -round(c * math.cos(h * phase))]
-            acc = fastexp.t1_scalar(terms[0], exps[0], p)
-            for ct, e in zip(terms[1:], exps[1:], strict=True):
-                acc = fastexp.t1_add(acc, fastexp.t1_scalar(ct, e, p), p)
-            out.append(t1.rerandomize(acc))
+            row = []
+            for h, c in zip(harmonics, coef, strict=True):
+                row += [round(c * math.sin(h * phase)), -round(c * math.cos(h * phase))]
+            exps.append(row)
+        t1 = self.t1()
+        out = [t1.rerandomize(c) for c in angle_sums(trig, exps, max(abs(c) for c in coef), self.params)]
         session["e"] = out
         return self._out(out)
 
@@ -311,9 +325,11 @@ class SecondaryUnit:
         session = self._session(body["session"])
         if session["e"] is None:
             raise InputError("no sigmoid values in this session yet")
-        columns = [list(col) for col in zip(*session["a"], strict=True)]
+        if "columns" not in session:
+            session["columns"] = [list(col) for col in zip(*session["a"], strict=True)]
         t1 = self.t1()
-        return self._out([t1.rerandomize(c) for c in fastexp.t1_multiexp(session["e"], columns, self.params)])
+        return self._out([t1.rerandomize(c) for c in fastexp.t1_multiexp_buckets(session["e"], session["columns"],
+                                                                                 self.params)])
 
     def _lr_scale(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Enc(floor(v * mult / 2^shift)) for each opened blinded slot v."""

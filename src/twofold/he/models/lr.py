@@ -32,7 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import gmpy2
 import numpy as np
+from gmpy2 import mpz
 
 from twofold.crypto import dtpkc
 from twofold.errors import InputError, ProtocolError
@@ -60,6 +62,8 @@ PERIOD = 4 * HALF << FZ  # period of the series in fixed-point units of z
 RATE = 2.0
 ITERATIONS = 10
 SCALE_BITS = 24
+LOAD_PART = 50  # records per lr.load request (pipelined)
+OWNER_WINDOW = 6  # fixed-base window of the per-owner tables built once per run
 
 
 def _fit_coefficients() -> list[float]:
@@ -224,6 +228,27 @@ def _pack_t1(cts: Sequence[dtpkc.Ciphertext], width: int, params: dtpkc.PublicPa
     return acc
 
 
+def angle_sums(trig: Sequence[dtpkc.Ciphertext], exps: Sequence[Sequence[int]], bound: int,
+               params: dtpkc.PublicParams) -> list[dtpkc.Ciphertext]:
+    """[sum_j e_ij t_ij] (T1 only) per row i from the row's ciphertexts [t_ij] (consecutive in ``trig``) and
+    signed exponents |e_ij| <= bound: prod_j T_j^(e_j + bound) * (prod_j T_j)^(-bound), one shared-squaring
+    multi-exponentiation per row and one modular inversion for all rows."""
+    n_sq = params.n_sq
+    per = len(exps[0]) if exps else 0
+    if len(trig) != per * len(exps) or any(len(row) != per or any(abs(e) > bound for e in row) for row in exps):
+        raise ProtocolError("sigmoid terms do not match their exponents")
+    groups = [[c.t1 for c in trig[i * per:(i + 1) * per]] for i in range(len(exps))]
+    products = []
+    for bases in groups:
+        acc = bases[0]
+        for b in bases[1:]:
+            acc = acc * b % n_sq
+        products.append(acc)
+    inverses = fastexp.invert_many(products, n_sq)
+    return [dtpkc.Ciphertext(fastexp.multiexp_small([*bases, inv], [*(e + bound for e in row), bound], n_sq), 1)
+            for bases, inv, row in zip(groups, inverses, exps, strict=True)]
+
+
 class _Opener:
     """Blind, pack and partially decrypt system-key values for SU (fresh masks every call)."""
 
@@ -251,6 +276,31 @@ class OwnerData:
     records: int
     x: list[bytes]
     stats: list[bytes]
+    partials: list[bytes] | None = None  # MU's PSDec1 of each record ciphertext, computed once at upload
+
+
+def upload_partials(share1: dtpkc.StrongKeyShare, cts: Sequence[dtpkc.Ciphertext], threads: int = 2) -> list[bytes]:
+    """MU's partial decryptions T1^lambda1 of uploaded record ciphertexts (stored with them; see ``Session``)."""
+    return [codec.partial_to_bytes(share1.params, q) for q in codec.psdec1_many(share1, cts, threads)]
+
+
+class _Reopener:
+    """Fresh (ciphertext, PSDec1) pairs of masked records from the PSDec1 stored at upload: for
+    ct' = ct (1 + mN) h^r, PSDec1(ct') = ct^lambda1 (1 + (m lambda1 mod N) N) (h^lambda1)^r, with r fresh per record
+    (two fixed-base powers instead of one full-length power)."""
+
+    def __init__(self, share1: dtpkc.StrongKeyShare, src: fastexp.T1Source) -> None:
+        params = src.params
+        self.src, self.n, self.n_sq, self.lam = src, int(params.n), params.n_sq, int(share1.value)
+        self._hl = dtpkc.FixedBaseTable(gmpy2.powmod(src.pk.h, share1.value, self.n_sq), self.n_sq, params.bits,
+                                        OWNER_WINDOW)
+
+    def open(self, ct: dtpkc.Ciphertext, partial: mpz, m: int) -> tuple[dtpkc.Ciphertext, dtpkc.PartialDecryption]:
+        r = secrets.randbelow(self.n - 1) + 1
+        m %= self.n
+        t1 = ct.t1 * (1 + m * self.n) % self.n_sq * self.src.power(r) % self.n_sq
+        q = partial * (1 + m * self.lam % self.n * self.n) % self.n_sq * self._hl.pow(r) % self.n_sq
+        return dtpkc.Ciphertext(t1, 1), dtpkc.PartialDecryption(q)
 
 
 class Session:
@@ -265,28 +315,61 @@ class Session:
         self._load(owners)
 
     def _load(self, owners: Sequence[OwnerData]) -> None:
-        p, lay = self.params, self.lay
-        x_cts, s_cts, s_masks = [], [], []
-        for owner in owners:
-            src = fastexp.T1Source(owner.pk)
+        """Open the records into SU's share in parts of LOAD_PART records, pipelined: MU masks, re-randomizes and
+        partially decrypts part k + 1 while SU opens part k (the label statistics travel with the last part)."""
+        p, lay, link = self.params, self.lay, self.blocks.link
+        sources = [fastexp.T1Source(owner.pk, OWNER_WINDOW) for owner in owners]  # ~200 uses each: window 6
+        reopeners: dict[int, _Reopener] = {}
+        records = []  # (owner index, the record's ciphertexts, their stored PSDec1 or None)
+        for o, owner in enumerate(owners):
             cts = codec.cts_from_bytes(p, owner.x)
             if len(cts) != owner.records * lay.a_cts:
                 raise InputError("an owner's records do not match the schema")
-            for r in range(owner.records):
+            parts: list[mpz | None] = [None] * len(cts)
+            if owner.partials is not None and len(owner.partials) == len(cts):
+                parts = [dtpkc.partial_from_bytes(p, b).value for b in owner.partials]
+            records += [(o, cts[r * lay.a_cts:(r + 1) * lay.a_cts], parts[r * lay.a_cts:(r + 1) * lay.a_cts])
+                        for r in range(owner.records)]
+
+        def part(group: Sequence[tuple[int, list[dtpkc.Ciphertext], list[mpz | None]]]) -> list[list[bytes]]:
+            ready, todo = [], []
+            for o, cts, stored in group:
                 masks = [secrets.randbelow(1 << (XBITS + KAPPA)) for _ in range(lay.features)]
                 self.mask_rows.append([0] + [XMAX + m for m in masks])
-                for ct, chunk in zip(cts[r * lay.a_cts:(r + 1) * lay.a_cts], codec.chunks(masks, lay.aslots),
-                                     strict=True):
-                    x_cts.append(src.rerandomize(fastexp.t1_add_plain(ct, codec.pack(chunk, AWIDTH), p)))
-            stats = codec.cts_from_bytes(p, owner.stats)
+                for ct, q, chunk in zip(cts, stored, codec.chunks(masks, lay.aslots), strict=True):
+                    m = codec.pack(chunk, AWIDTH)
+                    if q is None:
+                        todo.append((len(ready), sources[o].rerandomize(fastexp.t1_add_plain(ct, m, p))))
+                        ready.append(None)
+                    else:
+                        if o not in reopeners:
+                            reopeners[o] = _Reopener(self.blocks.share, sources[o])
+                        ready.append(reopeners[o].open(ct, q, m))
+            for (i, ct), q in zip(todo, codec.psdec1_many(self.blocks.share, [c for _, c in todo],
+                                                          self.blocks.threads), strict=True):
+                ready[i] = (ct, q)
+            return codec.pair_items(p, [c for c, _ in ready], [q for _, q in ready])  # type: ignore[misc]
+
+        s_cts, s_masks = [], []
+        for owner, src in zip(owners, sources, strict=True):
             masks = [secrets.randbelow(1 << (XBITS + COUNT_BITS + KAPPA)) for _ in range(lay.features + 1)]
             s_masks.append((owner.records, masks))
-            for ct, chunk in zip(stats, codec.chunks(masks, lay.sslots), strict=True):
-                s_cts.append(src.rerandomize(fastexp.t1_add_plain(ct, codec.pack(chunk, SWIDTH), p)))
-        body = {"session": self.id, "cols": lay.features, "width": AWIDTH, "slots": lay.aslots, "per": lay.a_cts,
-                "x": self.blocks.open_items(x_cts), "stats": self.blocks.open_items(s_cts), "swidth": SWIDTH,
-                "sslots": lay.sslots}
-        out = codec.cts_from_bytes(p, self.blocks.link.request("lr.load", body)["cts"])
+            s_cts += [src.rerandomize(fastexp.t1_add_plain(ct, codec.pack(chunk, SWIDTH), p))
+                      for ct, chunk in zip(codec.cts_from_bytes(p, owner.stats), codec.chunks(masks, lay.sslots),
+                                           strict=True)]
+        groups = codec.chunks(records, LOAD_PART)
+        join: Callable[[], Any] | None = None
+        for k, group in enumerate(groups):
+            last = k == len(groups) - 1
+            body = {"session": self.id, "first": k == 0, "cols": lay.features, "width": AWIDTH,
+                    "slots": lay.aslots, "per": lay.a_cts, "x": part(group),
+                    "stats": self.blocks.open_items(s_cts) if last else [], "swidth": SWIDTH, "sslots": lay.sslots}
+            if join is not None:
+                join()
+            join = _in_thread(lambda b=body: link.request("lr.load", b))
+        if join is None:
+            raise InputError("no training data uploaded yet")
+        out = codec.cts_from_bytes(p, join()["cts"])
         if len(out) != len(s_cts) * lay.sslots:
             raise ProtocolError("SU returned the wrong number of statistics")
         total = [self.t1.encrypt(0) for _ in range(lay.features + 1)]
@@ -296,6 +379,7 @@ class Session:
                 ct = fastexp.t1_add_plain(out[o * per_owner + j], -(records * XMAX + masks[j]), p)
                 total[j] = fastexp.t1_add(total[j], ct, p)
         self.stats = total  # [sum_i (1 - 2 y_i) x_ij] at scale 2^FX
+        self.mask_columns = [list(col) for col in zip(*self.mask_rows, strict=True)]
 
     @property
     def n(self) -> int:
@@ -334,8 +418,7 @@ class Session:
             raise ProtocolError("SU returned the wrong number of sigmoid values")
         # (3) gradient X^T e = A^T e - M'^T e, SU and MU in parallel
         join = _in_thread(lambda: link.request("lr.backward", {"session": self.id}))
-        columns = [list(col) for col in zip(*self.mask_rows, strict=True)]
-        mte = fastexp.t1_multiexp(e, columns, p)
+        mte = fastexp.t1_multiexp_buckets(e, self.mask_columns, p)
         ate = codec.cts_from_bytes(p, join()["cts"])
         if len(ate) != lay.features + 1:
             raise ProtocolError("SU returned the wrong number of gradient entries")
@@ -437,3 +520,19 @@ def reference_train(schema: LRSchema, rows: Sequence[Sequence[float]], labels: S
 
 def reference_predict(schema: LRSchema, w: Sequence[int], rows: Sequence[Sequence[float]]) -> list[int]:
     return [int(sum(a * b for a, b in zip([1 << FX, *schema.encode_row(r)], w, strict=True)) >= 0) for r in rows]
+
+
+# ------------------------------------------------------------------------------------------ offline phase
+
+
+def randomness_budget(params: dtpkc.PublicParams, schema: LRSchema, records: int, owners: int,
+                      iterations: int = ITERATIONS) -> tuple[int, int]:
+    """How many T1 randomness values (h^r) MU and SU draw in one training run from zero weights: the pool sizes
+    that let the offline phase cover the whole run (MU: the trigonometric halves, 4 per record and iteration,
+    and its re-randomizations; SU: its re-randomizations and fresh encryptions)."""
+    lay = layout_for(params, schema)
+    cols = lay.features + 1
+    mu = 2 * cols + iterations * (cols + 2 * len(HARMONICS) * records + -(-records // lay.zslots)
+                                  + -(-cols // lay.gslots))
+    su = owners * lay.s_cts * lay.sslots + iterations * (2 * records + 2 * cols)
+    return mu, su

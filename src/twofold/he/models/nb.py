@@ -393,16 +393,19 @@ def predict(blocks: Blocks, model: dict[str, Any], queries: Sequence[Sequence[dt
                    for ct, chunk in zip(query, codec.chunks(masks, lay.q_slots), strict=True)]
         rho = secrets.randbelow(lay.classes)
         order = []
+        n_sq = params.n_sq
         for j, s in enumerate(shifts):
             for k in range(lay.bins):
                 b = (k - s) % lay.bins
                 ct = codec.ct_from_bytes(params, table[(j * lay.bins + b) * lay.classes + rho])
-                order.append(codec.ct_to_bytes(params, spool.rerandomize(ct)))
+                # T1-only re-randomization: the entries are opened only by PSDec (after SU's sum and the argmax
+                # blinding), which reads T1; one fresh h^r each (from the pool when it has pairs)
+                order.append(codec.ct_to_bytes(params, dtpkc.Ciphertext(ct.t1 * spool.take_h() % n_sq, 1)))
         bodies.append({"q": blocks.open_items(blinded), "table": order})
         rotations.append(rho)
     reply = blocks.link.request("su.select_sum", {"queries": bodies, "qwidth": lay.qwidth, "bins": lay.bins,
                                                   "features": lay.features})
-    scores = codec.cts_from_bytes(params, reply["cts"])
+    scores = [dtpkc.Ciphertext(c.t1, 1) for c in codec.cts_from_bytes(params, reply["cts"])]  # T1 only, as above
     if len(scores) != len(queries):
         raise ProtocolError("SU returned the wrong number of scores")
     return blocks.argmax_packed(scores, rotations, lay.classes, lay.width, lay.score_bits, client)
