@@ -80,8 +80,10 @@ def bench_torch(device: str, synthetic_rows: int, epochs: int, repeats: int, jso
 @click.option("--algorithms", default="logreg,linreg,kmeans,naive_bayes,pca", show_default=True)
 @click.option("--partitions", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--master", default=None, help="Spark master (default local[*]).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rounds of every mode; each mode reports its fastest.")
 @json_option
-def bench_spark(rows: int, cols: int, algorithms: str, partitions: int, master: str | None,
+def bench_spark(rows: int, cols: int, algorithms: str, partitions: int, master: str | None, repeats: int,
                 json_path: Path | None) -> None:
     """Vanilla MLlib vs whole vs partitioned (statistics, sealed) on synthetic encrypted data."""
     from twofold.bench import spark_bench
@@ -90,7 +92,7 @@ def bench_spark(rows: int, cols: int, algorithms: str, partitions: int, master: 
     unknown = sorted(set(chosen) - set(spark_bench.ALGORITHMS))
     if unknown:
         raise click.BadParameter(f"unknown algorithms {unknown}", param_hint="--algorithms")
-    result = spark_bench.run(rows, cols, chosen, partitions, master, log=info)
+    result = spark_bench.run(rows, cols, chosen, partitions, master, log=info, repeats=repeats)
     for row in result["results"]:
         if row["mode"] != "vanilla":
             info(f"{row['algorithm']:<12} {row['mode']:<24} {row['ratio_to_vanilla']:.2f}x vanilla")
