@@ -90,7 +90,9 @@ def _spark_section(run: dict[str, Any], out: Path) -> list[str]:
               "reader with VectorAssembler, or the same Arrow path whole mode uses, without decryption), then fits. "
               "Whole mode decrypts inside the executors into a cached DataFrame, then fits the same estimator. "
               "Partitioned modes decrypt into the enclaves on their first pass (the enclave's cache is emptied "
-              "before each run). Each estimator is warmed up once on a small frame before any mode is timed. "
+              "before each run). Each estimator is warmed up once on a small frame before any mode is timed, and "
+              "the JVM collects garbage before every load and fit. With several rounds, each mode reports its "
+              "fastest. "
               "The stricter column divides by vanilla's fit alone, as if its data were already in memory.",
               "", "For comparison, the seed design's SGX prototype (SML-2 / SOTERIA-P) reported 1.7x to 23.8x over "
               "vanilla Spark (Brito et al., SOTERIA, ACM SAC 2023). The numbers above use the simulation backend, "

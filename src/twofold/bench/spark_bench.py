@@ -2,13 +2,15 @@
 
 Every mode is timed from its files on disk to a fitted model. Vanilla loads plaintext Parquet into a cached,
 assembled DataFrame (the faster of Spark's reader and the Arrow path) and fits ``pyspark.ml`` on it (no
-handicap: same partitions, maxIter and tol, estimators warmed up first). Whole mode decrypts in the executors
-into a cached DataFrame and fits the same estimator. Partitioned modes decrypt into the enclaves on their
-first pass. ``ratio_to_vanilla`` compares with vanilla's load + fit; ``ratio_to_vanilla_fit`` with its fit alone.
+handicap: same partitions, maxIter and tol, estimators warmed up first, garbage collected before each load
+and fit). Whole mode decrypts in the executors into a cached DataFrame and fits the same estimator.
+Partitioned modes decrypt into the enclaves on their first pass. ``ratio_to_vanilla`` compares with vanilla's
+load + fit; ``ratio_to_vanilla_fit`` with its fit alone.
 """
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import time
 from collections.abc import Callable
@@ -132,6 +134,12 @@ def _warm_up(spark: Any, kbs_url: str, plain: Path, encrypted: Path, algorithms:
         frame.unpersist()
 
 
+def _quiesce(spark: Any) -> None:
+    """Collect garbage in the JVM and here, so that no timed phase pays for an earlier phase's freed memory."""
+    gc.collect()
+    spark.sparkContext._jvm.System.gc()
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     began = time.perf_counter()
     out = fn()
@@ -204,21 +212,23 @@ def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, en
         load_seconds, frame = loads[load_path]
         for other, (_, unused) in loads.items():
             if other != load_path:
-                unused.unpersist()
+                unused.unpersist(blocking=True)
+        _quiesce(spark)
         seconds, model = _timed(lambda: jobs.mllib_estimator(algorithm, params, label or "label").fit(frame))
         row = {"seconds": seconds + load_seconds, "metric": metric_of_mllib(algorithm, model, frame),
                "load_seconds": load_seconds, "fit_seconds": seconds, "load_path": load_path,
                **{f"load_seconds_{k.replace('-', '_')}": v[0] for k, v in loads.items()}}
-        frame.unpersist()
+        frame.unpersist(blocking=True)
         return row
 
     def whole() -> dict[str, Any]:
         load_seconds, frame = _timed(lambda: _cached(read_encrypted(spark, encrypted[name].path, services.kbs_url,
                                                                     columns=keep, features=columns), partitions))
+        _quiesce(spark)  # as vanilla does between its load and its fit
         seconds, model = _timed(lambda: jobs.mllib_estimator(algorithm, params, label or "label").fit(frame))
         row = {"seconds": seconds + load_seconds, "metric": metric_of_mllib(algorithm, model, frame),
                "load_seconds": load_seconds, "fit_seconds": seconds}
-        frame.unpersist()
+        frame.unpersist(blocking=True)
         return row
 
     def partitioned(release: str) -> dict[str, Any]:
@@ -237,6 +247,7 @@ def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, en
     every: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(repeats):  # every mode once per round; each mode keeps its fastest round
         for mode, run_mode in modes.items():
+            _quiesce(spark)
             row = run_mode()
             every[mode].append(row["seconds"])
             if mode not in best or row["seconds"] < best[mode]["seconds"]:
