@@ -325,6 +325,41 @@ def test_lr_upload_train_predict_and_warm_start(system, servers):
     _check_lr(result.stdout, schema, w2, root / "queries.csv")
 
 
+def test_lr_su_killed_mid_training_then_resumes(system, tmp_path):
+    """SU dies after the first steps: MU keeps the last completed step; the rerun finishes the same run."""
+    import re
+
+    root = system.parent
+    port = free_port()
+    su = Server(system, "su", port, ("--exit-after", "8"))
+    mu = Server(system, "mu", extra=("--su", su.address, "--state", str(tmp_path / "state")))
+    train = ("train", "--system", str(system), "--mu", mu.address, "--algorithm", "lr", "--iterations", "4")
+    try:
+        result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", "olga", str(root / "olga.csv"),
+                    "--label", "label", "--algorithm", "lr")
+        assert result.returncode == 0, result.stderr
+        result = he(*train)
+        assert result.returncode == 9
+        saved = re.search(r"progress is saved \((\d) of 4 iterations\): rerun train to resume", result.stderr)
+        assert saved and 1 <= int(saved.group(1)) < 4, result.stderr
+        su.proc.wait(10)
+        su = Server(system, "su", port)
+        result = he(*train)
+        assert result.returncode == 0, result.stderr
+        assert f"(resumed after iteration {saved.group(1)})" in result.stderr
+        assert not (tmp_path / "state" / "checkpoints" / "lr.msgpack").exists()
+        result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "alice", "--algorithm", "lr",
+                    str(root / "queries.csv"))
+        assert result.returncode == 0, result.stderr
+        schema, w = _lr_reference(system, [root / "olga.csv"], 4)  # as if never interrupted
+        _check_lr(result.stdout, schema, w, root / "queries.csv")
+        result = he(*train)  # a new run on the same data starts from the stored model, not the old checkpoint
+        assert result.returncode == 0 and "(resumed)" in result.stderr, result.stderr
+    finally:
+        mu.stop()
+        su.stop()
+
+
 def test_dt_upload_train_predict(system, servers):
     from twofold.he.models import dt
 

@@ -156,8 +156,10 @@ def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int,
              f"{link}")
     else:
         why = f" (rebuilt: {result['reason']})" if result.get("reason") else ""
+        at = result.get("resumed_at_iteration")
+        resumed = f" (resumed after iteration {at})" if at else " (resumed)" if result["resumed"] else ""
         info(f"trained {model} on {result['records']} records from {result['owners']} owner(s) in "
-             f"{result['seconds']:.2f} s{' (resumed)' if result['resumed'] else ''}{why}; {link}")
+             f"{result['seconds']:.2f} s{resumed}{why}; {link}")
 
 
 @he.command("predict")

@@ -7,6 +7,7 @@ checkpoint, each as a msgpack file written atomically with mode 0600.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -61,6 +62,19 @@ class _FileCheckpoint(nb.Checkpoint):
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _lr_fingerprint(owners: list[lr.OwnerData], weights: list[bytes] | None, iterations: int) -> str:
+    """Identifies one Priv-LR run: the stored records and statistics, the starting weights and the step count."""
+    digest = hashlib.sha256(f"lr-run-v1:{iterations}:{len(owners)}".encode())
+    for owner in owners:
+        digest.update(dtpkc.public_key_to_bytes(owner.pk))
+        digest.update(owner.records.to_bytes(8, "big"))
+        for blob in [*owner.x, *owner.stats]:
+            digest.update(len(blob).to_bytes(4, "big") + blob)
+    for blob in weights or []:
+        digest.update(b"w" + len(blob).to_bytes(4, "big") + blob)
+    return digest.hexdigest()
 
 
 class MasterUnit:
@@ -337,26 +351,42 @@ class MasterUnit:
     def _train_lr(self, body: dict[str, Any]) -> dict[str, Any]:
         owners = self._lr_owners()
         prev = None if body["fresh"] else self._load(self.state / "models" / "lr.msgpack")
+        target = body["iterations"] or lr.ITERATIONS
+        # A run interrupted by SU resumes from its last completed step, if it was the same run: same records,
+        # same starting weights, same number of steps. Anything else discards the checkpoint.
+        checkpoint = _FileCheckpoint(self.state / "checkpoints" / "lr.msgpack")
+        fingerprint = _lr_fingerprint(owners, prev["w"] if prev else None, target)
+        saved = checkpoint.load()
+        if saved and saved.get("fingerprint") == fingerprint and 0 < saved["done"] < target:
+            done_before, weights = saved["done"], saved["w"]
+        else:
+            checkpoint.clear()
+            done_before, weights = 0, (prev["w"] if prev else None)
         before = self.su_stats.sent + self.su_stats.received
         start = time.perf_counter()
 
         def progress(step: str, done: int, total: int) -> None:
-            self.progress = {"model": "lr", "step": step, "done": done, "total": total}
+            self.progress = {"model": "lr", "step": step, "done": done_before + done, "total": target}
+
+        def on_step(done: int, w: list[bytes]) -> None:
+            checkpoint.save({"fingerprint": fingerprint, "done": done_before + done, "w": w})
 
         try:
-            model = lr.train(self.blocks(), self.t1(), load_lr_schema(self.info), owners,
-                             prev["w"] if prev else None, body["iterations"] or lr.ITERATIONS, progress=progress)
+            model = lr.train(self.blocks(), self.t1(), load_lr_schema(self.info), owners, weights,
+                             target - done_before, progress=progress, on_step=on_step)
         except ServiceError as exc:
             self._drop_link()
-            raise ServiceError(f"SU failed during training ({exc}); the stored weights are unchanged: rerun "
-                               "train") from None
-        if prev:
-            model["iterations"] += prev.get("iterations", 0)
+            done = (checkpoint.load() or {}).get("done", 0)
+            raise ServiceError(f"SU failed during training ({exc}); progress is saved ({done} of {target} "
+                               "iterations): rerun train to resume") from None
+        model["iterations"] = target + (prev.get("iterations", 0) if prev else 0)
+        model["resumed"] = bool(prev) or done_before > 0
         self._save(self.state / "models" / "lr.msgpack", model)
+        checkpoint.clear()
         self._models["lr"] = model
         return {"model": "lr", "records": model["records"], "owners": len(owners), "resumed": model["resumed"],
-                "seconds": time.perf_counter() - start, "iterations": model["iterations"],
-                "bytes_mu_su": self.su_stats.sent + self.su_stats.received - before}
+                "resumed_at_iteration": done_before, "seconds": time.perf_counter() - start,
+                "iterations": model["iterations"], "bytes_mu_su": self.su_stats.sent + self.su_stats.received - before}
 
     def _owners(self) -> tuple[list[tuple[dtpkc.PublicKey, list[bytes]]], int]:
         owners, records = [], 0

@@ -445,8 +445,12 @@ def scale_factor(n: int) -> tuple[int, int]:
 
 def train(blocks: Blocks, t1: fastexp.T1Source, schema: LRSchema, owners: Sequence[OwnerData],
           weights: Sequence[bytes] | None, iterations: int = ITERATIONS,
-          progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Run ``iterations`` GD steps from ``weights`` (encrypted, warm start) or from zero; returns the model."""
+          progress: Callable[[str, int, int], None] | None = None,
+          on_step: Callable[[int, list[bytes]], None] | None = None) -> dict[str, Any]:
+    """Run ``iterations`` GD steps from ``weights`` (encrypted, warm start) or from zero; returns the model.
+
+    ``on_step(k, w)`` receives the encrypted weights after every completed step ``k`` (1-based), for a checkpoint.
+    """
     params = blocks.params
     lay = layout_for(params, schema)
     if not owners:
@@ -458,6 +462,8 @@ def train(blocks: Blocks, t1: fastexp.T1Source, schema: LRSchema, owners: Sequen
     try:
         for it in range(iterations):
             w = session.step(w)
+            if on_step:
+                on_step(it + 1, [codec.ct_to_bytes(params, c) for c in w])
             if progress:
                 progress("lr", it + 1, iterations)
     finally:
