@@ -34,6 +34,8 @@ def test_bench_all_subset_and_report(tmp_path):
         assert heading in text
     assert "| logreg | partitioned-sealed | 1.60 | 0.10 | - | 0.53x | 0.80x |" in text
     assert "| logreg | whole | 2.20 | 1.00 | 1.20 | 0.73x | 1.10x |" in text
+    assert "Target partitioned <= 1.00x vanilla: met by 2 of 2 runs (largest 0.53x)." in text
+    assert "Target whole <= 1.10x vanilla: met by 1 of 1 runs (largest 0.73x)." in text
     assert (tmp_path / "report" / "spark.png").stat().st_size > 1000
 
 
