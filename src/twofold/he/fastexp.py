@@ -13,19 +13,17 @@ fresh one inline.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 
 import gmpy2
 from gmpy2 import mpz
 
 from twofold.crypto import dtpkc
+from twofold.he.offline import OfflineValues
 
 _ONE = mpz(1)
 _WORKER: dict[str, object] = {}
@@ -50,7 +48,7 @@ def _worker_values(count: int, n: int) -> list[int]:
     return [int(table.pow(secrets.randbelow(n - 1) + 1)) for _ in range(count)]  # type: ignore[attr-defined]
 
 
-class T1Source:
+class T1Source(OfflineValues):
     """Fresh h^r (r uniform in [1, N)) for encryption and re-randomization (thread safe).
 
     Values come from a pool that a background worker process keeps near ``target`` (``start_background``) or
@@ -60,22 +58,20 @@ class T1Source:
     """
 
     def __init__(self, pk: dtpkc.PublicKey, window: int = 8) -> None:
+        super().__init__()
         self.pk = pk
         self.params = pk.params
         self.n = int(pk.params.n)
         self.n_sq = pk.params.n_sq
         self._window = window
         self._table = dtpkc.FixedBaseTable(pk.h, self.n_sq, pk.params.bits, window)
-        self._ready: deque[mpz] = deque()
-        self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
-        self._target = 0
-        self._batch = 64
-        self._inflight = 0
-        self.made_online = 0
 
-    def __len__(self) -> int:
-        return len(self._ready)
+    def _worker(self) -> tuple:
+        return (_worker_init, (int(self.pk.h), int(self.n_sq), self.params.bits, self._window), _worker_values,
+                (self.n,))
+
+    def _convert(self, raw: int) -> mpz:
+        return mpz(raw)
 
     def _fresh(self) -> mpz:
         return self._table.pow(secrets.randbelow(self.n - 1) + 1)
@@ -85,67 +81,13 @@ class T1Source:
         return self._table.pow(r)
 
     def _hr(self) -> mpz:
-        with self._lock:
-            if self._ready:
-                value = self._ready.popleft()
-                self._top_up()
-                return value
-            self.made_online += 1
-        return self._fresh()
+        value = self._pop()
+        return self._fresh() if value is None else value
 
     def refill(self, count: int) -> None:
         """Compute ``count`` values in this thread."""
         for _ in range(count):
-            value = self._fresh()
-            with self._lock:
-                self._ready.append(value)
-
-    def start_background(self, target: int, batch: int = 64) -> None:
-        """Keep about ``target`` values ready, computed by one low-priority worker process."""
-        if target <= 0 or self._executor is not None:
-            return
-        self._target, self._batch = target, batch
-        ctx = multiprocessing.get_context("spawn")
-        self._executor = ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init,
-                                             initargs=(int(self.pk.h), int(self.n_sq), self.params.bits,
-                                                       self._window))
-        with self._lock:
-            self._top_up()
-
-    def _top_up(self) -> None:  # called with the lock held
-        if self._executor is None:
-            return
-        while len(self._ready) + self._inflight < self._target and self._inflight < 2 * self._batch:
-            try:
-                fut = self._executor.submit(_worker_values, self._batch, self.n)
-            except RuntimeError:  # the executor is shutting down (close, interpreter exit)
-                self._executor = None
-                return
-            self._inflight += self._batch
-            fut.add_done_callback(self._collect)
-
-    def _collect(self, fut: object) -> None:
-        try:
-            values = fut.result()  # type: ignore[attr-defined]
-        except Exception:
-            values = []
-        with self._lock:
-            self._inflight -= self._batch
-            self._ready.extend(mpz(v) for v in values)
-            if values:
-                self._top_up()
-
-    def wait_filled(self, minimum: int, timeout: float = 600.0) -> bool:
-        """Block until at least ``minimum`` values are ready (or the timeout passes)."""
-        deadline = time.monotonic() + timeout
-        while len(self._ready) < minimum and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return len(self._ready) >= minimum
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+            self._push(self._fresh())
 
     def encrypt(self, m: int) -> dtpkc.Ciphertext:
         """Enc(m mod N), T1 only."""
