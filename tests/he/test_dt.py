@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from twofold.crypto import dtpkc
@@ -22,6 +24,28 @@ def owner_records(crypto, lay, schema, rows, ys, pk, chunk=16) -> dt.OwnerRecord
         cells += rec
         bins.append((len(part), cols))
     return dt.OwnerRecords(pk, cells, bins)
+
+
+@contextlib.contextmanager
+def recording_su_openings(su, seen: list[dict[str, list[int]]]):
+    """A handler for ``local_pair`` that records, per message kind, every value SU opens into ``seen[-1]``."""
+    current = [""]
+    original = su._open
+
+    def spy(items):
+        values = original(items)
+        seen[-1].setdefault(current[0], []).extend(values)
+        return values
+
+    def handler(kind, body, peer):
+        current[0] = kind
+        return su.handle(kind, body, peer)
+
+    su._open = spy
+    try:
+        yield handler
+    finally:
+        su._open = original
 
 
 @pytest.mark.parametrize("classes, depth", [(2, 2), (3, 1)])
@@ -160,28 +184,13 @@ def test_su_sees_only_blinded_values(crypto, su, system_pool):
     lay = nb.layout_for(crypto.params, schema)
     owners = [owner_records(crypto, lay, schema, rows, ys, crypto.owner.public)]
     seen: list[dict[str, list[int]]] = []
-    current = [""]
-    original = su._open
-
-    def spy(items):
-        values = original(items)
-        seen[-1].setdefault(current[0], []).extend(values)
-        return values
-
-    def handler(kind, body, peer):
-        current[0] = kind
-        return su.handle(kind, body, peer)
-
-    su._open = spy
-    try:
+    with recording_su_openings(su, seen) as handler:
         models = []
         for _ in range(2):
             seen.append({})
             link = local_pair(handler)
             models.append(dt.train(Blocks(link, crypto.share1, system_pool, threads=1), schema, owners, 2))
             link.close()
-    finally:
-        su._open = original
     assert models[0]["splits"] == models[1]["splits"]
     assert seen[0]["dt.reveal"] == seen[1]["dt.reveal"]  # public by design
     kinds = set(seen[0]) - {"dt.reveal"}
@@ -291,28 +300,13 @@ def test_su_sees_only_blinded_values_during_update(crypto, su, system_pool):
     model = dt.train(Blocks(link, crypto.share1, system_pool, threads=1), schema, before, 2)
     link.close()
     seen: list[dict[str, list[int]]] = []
-    current = [""]
-    original = su._open
-
-    def spy(items):
-        values = original(items)
-        seen[-1].setdefault(current[0], []).extend(values)
-        return values
-
-    def handler(kind, body, peer):
-        current[0] = kind
-        return su.handle(kind, body, peer)
-
-    su._open = spy
-    try:
+    with recording_su_openings(su, seen) as handler:
         models = []
         for _ in range(2):
             seen.append({})
             link = local_pair(handler)
             models.append(dt.update(Blocks(link, crypto.share1, system_pool, threads=1), schema, model, owners))
             link.close()
-    finally:
-        su._open = original
     assert decrypted(crypto, models[0]) == decrypted(crypto, models[1])
     assert models[0]["labels"] != models[1]["labels"]  # fresh ciphertexts
     assert set(seen[0]) == {"dt.select", "dt.pick", "dt.unpack", "dt.mul", "dt.duel"}

@@ -360,6 +360,21 @@ def test_lr_su_killed_mid_training_then_resumes(system, tmp_path):
         su.stop()
 
 
+def _dt_reference(system: Path, owners: tuple[str, ...]):
+    """(schema, plaintext reference tree of depth 2 over the owners' files, the query rows)."""
+    from twofold.he.models import dt
+
+    root = system.parent
+    schema = nb.Schema.from_dict(__import__("json").loads((system / "public" / "schema.json").read_text()))
+    rows, labels = [], []
+    for owner in owners:
+        r, y = read_csv(root / f"{owner}.csv", schema.features, "label")
+        rows += r
+        labels += y
+    queries, _ = read_csv(root / "queries.csv", schema.features, "label")
+    return schema, dt.reference_train(schema, rows, labels, 2), queries
+
+
 def test_dt_upload_train_predict(system, servers):
     from twofold.he.models import dt
 
@@ -375,14 +390,7 @@ def test_dt_upload_train_predict(system, servers):
     result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "alice", "--algorithm", "dt",
                 str(root / "queries.csv"), "--label", "label")
     assert result.returncode == 0, result.stderr
-    schema = nb.Schema.from_dict(__import__("json").loads((system / "public" / "schema.json").read_text()))
-    rows, labels = [], []
-    for f in ("olga", "omar"):
-        r, y = read_csv(root / f"{f}.csv", schema.features, "label")
-        rows += r
-        labels += y
-    tree = dt.reference_train(schema, rows, labels, 2)
-    queries, _ = read_csv(root / "queries.csv", schema.features, "label")
+    schema, tree, queries = _dt_reference(system, ("olga", "omar"))
     assert result.stdout.split() == [schema.classes[dt.reference_predict(schema, tree, q)] for q in queries]
     status = __import__("json").loads(he("status", "--system", str(system), "--mu", mu.address).stdout)
     assert status["dt_owners"] == {"olga": 40, "omar": 30} and "dt" in status["models"]
@@ -430,14 +438,7 @@ def test_dt_su_killed_mid_training_then_resumes(system, tmp_path):
         result = he("predict", "--system", str(system), "--mu", mu.address, "--client", "alice", "--algorithm", "dt",
                     str(root / "queries.csv"), "--label", "label")
         assert result.returncode == 0, result.stderr
-        schema = nb.Schema.from_dict(__import__("json").loads((system / "public" / "schema.json").read_text()))
-        rows, labels = [], []
-        for f in ("olga", "omar"):
-            r, y = read_csv(root / f"{f}.csv", schema.features, "label")
-            rows += r
-            labels += y
-        tree = dt.reference_train(schema, rows, labels, 2)
-        queries, _ = read_csv(root / "queries.csv", schema.features, "label")
+        schema, tree, queries = _dt_reference(system, ("olga", "omar"))
         assert result.stdout.split() == [schema.classes[dt.reference_predict(schema, tree, q)] for q in queries]
     finally:
         mu.stop()

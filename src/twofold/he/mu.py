@@ -64,6 +64,14 @@ class _FileCheckpoint(nb.Checkpoint):
         self.path.unlink(missing_ok=True)
 
 
+def _check_new_chunk(doc: dict[str, Any], body: dict[str, Any]) -> None:
+    """An owner's next upload: under the key of its first upload, with a chunk name not seen before."""
+    if doc["key"] != body["key_id"]:
+        raise KeyAccessError("owner key changed since the first upload")
+    if body["chunk"] in doc["chunks"]:
+        raise InputError(f"chunk {body['chunk']!r} was already uploaded")
+
+
 def _lr_fingerprint(owners: list[lr.OwnerData], weights: list[bytes] | None, iterations: int) -> str:
     """Identifies one Priv-LR run: the stored records and statistics, the starting weights and the step count."""
     digest = hashlib.sha256(f"lr-run-v1:{iterations}:{len(owners)}".encode())
@@ -197,10 +205,7 @@ class MasterUnit:
         with self._upload_lock:
             path = self._owner_path(peer[1])
             doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "agg": None}
-            if doc["key"] != body["key_id"]:
-                raise KeyAccessError("owner key changed since the first upload")
-            if body["chunk"] in doc["chunks"]:
-                raise InputError(f"chunk {body['chunk']!r} was already uploaded")
+            _check_new_chunk(doc, body)
             total = sum((self._load(p) or {}).get("records", 0) for p in (self.state / "owners").glob("*.msgpack"))
             if total + records >= 1 << nb.COUNT_BITS:
                 raise InputError("too many training records for the count layout")
@@ -229,10 +234,7 @@ class MasterUnit:
             path = self.state / "lr-owners" / f"{check_name(peer[1])}.msgpack"
             doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "x": [], "xp": [],
                                        "stats": None}
-            if doc["key"] != body["key_id"]:
-                raise KeyAccessError("owner key changed since the first upload")
-            if body["chunk"] in doc["chunks"]:
-                raise InputError(f"chunk {body['chunk']!r} was already uploaded")
+            _check_new_chunk(doc, body)
             if doc["records"] + records >= 1 << lr.COUNT_BITS:
                 raise InputError("too many training records for the statistics layout")
             agg = codec.cts_from_bytes(self.params, doc["stats"]) if doc["stats"] else None
@@ -261,10 +263,7 @@ class MasterUnit:
             path = self.state / "dt-owners" / f"{check_name(peer[1])}.msgpack"
             doc = self._load(path) or {"key": body["key_id"], "records": 0, "chunks": [], "cts": [], "sizes": [],
                                        "layout": layout}
-            if doc["key"] != body["key_id"]:
-                raise KeyAccessError("owner key changed since the first upload")
-            if body["chunk"] in doc["chunks"]:
-                raise InputError(f"chunk {body['chunk']!r} was already uploaded")
+            _check_new_chunk(doc, body)
             if doc.get("layout") != layout:
                 raise InputError("stored records do not match the schema or layout: the owner must upload again")
             doc["cts"] += list(body["cts"])
