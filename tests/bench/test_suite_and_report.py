@@ -36,6 +36,7 @@ def test_bench_all_subset_and_report(tmp_path):
     assert "| logreg | whole | 2.20 | 1.00 | 1.20 | 0.73x | 1.10x |" in text
     assert "Target partitioned <= 1.00x vanilla: met by 2 of 2 runs (largest 0.53x)." in text
     assert "Target whole <= 1.10x vanilla: met by 1 of 1 runs (largest 0.73x)." in text
+    assert "own work is in its load: +0.00 to +0.00 s" in text and "fit by +0.20 to +0.20 s" in text
     assert (tmp_path / "report" / "spark.png").stat().st_size > 1000
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from twofold.crypto import dtpkc
-from twofold.he.randomness import PairPool
+from twofold.errors import KeyAccessError
+from twofold.he import codec
+from twofold.he.randomness import KeyPools, PairPool
 
 
 def test_pool_pairs_are_fresh_and_decrypt(crypto):
@@ -47,3 +51,28 @@ def test_take_h_uses_each_pair_once(crypto):
     again = dt.t1_rerand(pool, cts[0])
     assert again.t1 != cts[0].t1
     assert {int(dtpkc.strong_decrypt(crypto.strong, c)) for c in [*cts, again]} == {11}
+
+
+def test_key_pools_keep_the_recently_used_and_stay_bounded(crypto):
+    keys = [crypto.client.public, crypto.owner.public, crypto.system.public]
+    pools = KeyPools(limit=2)
+    made: list[bytes] = []
+
+    def maker(pk):
+        return lambda: made.append(codec.key_id(pk)) or PairPool(pk)
+
+    first = pools.get(codec.key_id(keys[0]), maker(keys[0]))
+    pools.get(codec.key_id(keys[1]), maker(keys[1]))
+    assert pools.get(codec.key_id(keys[0]), maker(keys[0])) is first  # kept, not rebuilt
+    pools.get(codec.key_id(keys[2]), maker(keys[2]))  # over the limit: the least recently used (keys[1]) goes
+    assert len(pools) == 2 and codec.key_id(keys[1]) not in pools and codec.key_id(keys[0]) in pools
+    assert made == [codec.key_id(k) for k in keys]
+    assert first.encrypt(3).t1 != first.encrypt(3).t1  # still usable
+
+
+def test_su_refuses_an_unregistered_key_and_keeps_none(su, crypto):
+    stranger = dtpkc.generate_user_key(crypto.params).public
+    with pytest.raises(KeyAccessError):
+        su.pool_for(codec.key_id(stranger))
+    assert codec.key_id(stranger) not in su._pools
+    assert su.pool_for(codec.key_id(crypto.client.public)) is su.pool_for(codec.key_id(crypto.client.public))

@@ -2,15 +2,18 @@
 
 Every mode is timed from its files on disk to a fitted model. Vanilla loads plaintext Parquet into a cached,
 assembled DataFrame (the faster of Spark's reader and the Arrow path) and fits ``pyspark.ml`` on it (no
-handicap: same partitions, maxIter and tol, estimators warmed up first, garbage collected before each load
-and fit). Whole mode decrypts in the executors into a cached DataFrame and fits the same estimator.
-Partitioned modes decrypt into the enclaves on their first pass. ``ratio_to_vanilla`` compares with vanilla's
-load + fit; ``ratio_to_vanilla_fit`` with its fit alone.
+handicap: same partitions, maxIter and tol, a fixed-size heap collected before each load path and fit).
+Whole mode decrypts in the executors into a cached DataFrame and fits the same estimator. Partitioned modes
+decrypt into the enclaves on their first pass. Every load path and estimator is warmed up on a small dataset,
+then ``warmup_rounds`` untimed full-size rounds run every mode; timed rounds rotate the order of the modes, and
+algorithms whose vanilla round is short run twice the rounds.
+``ratio_to_vanilla`` compares with vanilla's load + fit; ``ratio_to_vanilla_fit`` with its fit alone.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +38,8 @@ from twofold.spark.vectors import assemble_batch, assembled_schema
 from twofold.spark.whole import read_encrypted
 
 PASSPHRASE = "benchmark passphrase"
+SHORT_JOB_SECONDS = 5.0  # an algorithm whose vanilla round takes less than this ...
+SHORT_JOB_ROUNDS = 2  # ... runs this many times the rounds asked for
 ALGORITHMS = ("logreg", "linreg", "kmeans", "naive_bayes", "pca")
 PARAMS = {"logreg": {"maxIter": 100, "tol": 1e-6}, "linreg": {}, "kmeans": {"k": 5, "maxIter": 20, "tol": 1e-4,
           "seed": 11}, "naive_bayes": {"modelType": "gaussian"}, "pca": {"k": 5}}
@@ -147,7 +152,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def run(rows: int, cols: int, algorithms: list[str], partitions: int | None = None, master: str | None = None,
-        log: Callable[[str], None] = lambda _: None, repeats: int = 1) -> dict[str, Any]:
+        log: Callable[[str], None] = lambda _: None, repeats: int = 1, warmup_rounds: int = 1) -> dict[str, Any]:
     partitions = partitions or 8
     rows_per_file = -(-rows // partitions)
     tables = synthetic(rows, cols)
@@ -173,12 +178,15 @@ def run(rows: int, cols: int, algorithms: list[str], partitions: int | None = No
             pq.write_table(warm.slice(index * 2000, 2000), root / "warm.parquet" / f"part-{index:05d}.parquet")
         with job_services([str(d.path) for d in [*encrypted.values(), warm_encrypted]], keystore_dir=root / "ks",
                           passphrase=PASSPHRASE, cache_mib=16384) as services:
-            spark = get_spark(master, "twofold-bench")
+            # A fixed-size heap: no timed phase pays for the JVM growing its heap again after a collection.
+            memory = os.environ.get("TWOFOLD_SPARK_DRIVER_MEMORY", "4g")
+            spark = get_spark(master, "twofold-bench", java_options=f"-Xms{memory}",
+                              **{"spark.driver.memory": memory})
             _warm_up(spark, services.kbs_url, root / "warm.parquet", warm_encrypted.path, algorithms,
                      [c for c in warm.column_names if c != "label"])
             for algorithm in algorithms:
                 results += _bench_algorithm(spark, services, algorithm, tables, encrypted, plain, partitions, log,
-                                            repeats)
+                                            repeats, warmup_rounds)
     for row in results:
         vanilla = next(r for r in results if r["algorithm"] == row["algorithm"] and r["mode"] == "vanilla")
         # Every mode starts from its files on disk: vanilla from plaintext Parquet, the others encrypted.
@@ -186,11 +194,12 @@ def run(rows: int, cols: int, algorithms: list[str], partitions: int | None = No
         # The stricter view: against vanilla's fit alone, its data already cached in memory.
         row["ratio_to_vanilla_fit"] = row["seconds"] / vanilla["fit_seconds"]
     return {"benchmark": "spark", "rows": rows, "cols": cols, "partitions": partitions, "repeats": repeats,
-            "enclave": "simulation", "results": results, "machine": machine()}
+            "warmup_rounds": warmup_rounds, "enclave": "simulation", "results": results, "machine": machine()}
 
 
 def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, encrypted: dict, plain: dict,
-                     partitions: int, log: Callable[[str], None], repeats: int = 1) -> list[dict[str, Any]]:
+                     partitions: int, log: Callable[[str], None], repeats: int = 1, warmup_rounds: int = 1
+                     ) -> list[dict[str, Any]]:
     name = DATASET_OF[algorithm]
     label = "label" if algorithm in ("logreg", "naive_bayes", "linreg") else ""
     columns = [c for c in tables[name].column_names if c != "label"]
@@ -207,6 +216,7 @@ def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, en
         loads = {}
         for path_name, loader in (("spark-reader", lambda: _load_plain_spark(spark, plain[name], columns, keep)),
                                   ("arrow", lambda: _load_plain_arrow(spark, plain[name], columns, keep))):
+            _quiesce(spark)  # each load path starts from a collected heap, as whole mode's load does
             loads[path_name] = _timed(lambda loader=loader: _cached(loader(), partitions))
         load_path = min(loads, key=lambda k: loads[k][0])
         load_seconds, frame = loads[load_path]
@@ -245,17 +255,29 @@ def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, en
              "partitioned-sealed": lambda: partitioned("sealed")}
     best: dict[str, dict[str, Any]] = {}
     every: dict[str, list[float]] = {mode: [] for mode in modes}
-    for _ in range(repeats):  # every mode once per round; each mode keeps its fastest round
-        for mode, run_mode in modes.items():
+    warmup: dict[str, list[float]] = {mode: [] for mode in modes}
+    order = list(modes)
+    for _ in range(warmup_rounds):  # untimed full-size rounds: the JVM compiles hot loops over several fits
+        for mode in order:
             _quiesce(spark)
-            row = run_mode()
+            warmup[mode].append(modes[mode]()["seconds"])
+    rounds, round_index = repeats, 0
+    while round_index < rounds:  # every mode once per round; each mode keeps its fastest round
+        # The order rotates each round, so that no mode always runs first or always follows another.
+        for mode in order[round_index % len(order):] + order[:round_index % len(order)]:
+            _quiesce(spark)
+            row = modes[mode]()
             every[mode].append(row["seconds"])
             if mode not in best or row["seconds"] < best[mode]["seconds"]:
                 best[mode] = row
+        if round_index == 0 and best["vanilla"]["seconds"] < SHORT_JOB_SECONDS:
+            rounds = SHORT_JOB_ROUNDS * repeats  # short fits are noisier: more rounds for the same confidence
+        round_index += 1
     out = []
     for mode, row in best.items():
         out.append({"algorithm": algorithm, "mode": mode, "seconds": row.pop("seconds"),
                     "metric_name": METRICS[algorithm], "metric": row.pop("metric"), "rounds_seconds": every[mode],
+                    "warmup_seconds": warmup[mode],
                     **row})
         log(f"{algorithm:<12} {mode:<24} {out[-1]['seconds']:7.2f} s   {METRICS[algorithm]} {out[-1]['metric']:.6g}")
     return out

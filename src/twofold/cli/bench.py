@@ -81,10 +81,12 @@ def bench_torch(device: str, synthetic_rows: int, epochs: int, repeats: int, jso
 @click.option("--partitions", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--master", default=None, help="Spark master (default local[*]).")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Rounds of every mode; each mode reports its fastest.")
+              help="Rounds of every mode (twice that for fits under 5 s); each mode reports its fastest.")
+@click.option("--warmup-rounds", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed full-size rounds first, so that no mode pays the JVM's compilation.")
 @json_option
 def bench_spark(rows: int, cols: int, algorithms: str, partitions: int, master: str | None, repeats: int,
-                json_path: Path | None) -> None:
+                warmup_rounds: int, json_path: Path | None) -> None:
     """Vanilla MLlib vs whole vs partitioned (statistics, sealed) on synthetic encrypted data."""
     from twofold.bench import spark_bench
 
@@ -92,7 +94,8 @@ def bench_spark(rows: int, cols: int, algorithms: str, partitions: int, master: 
     unknown = sorted(set(chosen) - set(spark_bench.ALGORITHMS))
     if unknown:
         raise click.BadParameter(f"unknown algorithms {unknown}", param_hint="--algorithms")
-    result = spark_bench.run(rows, cols, chosen, partitions, master, log=info, repeats=repeats)
+    result = spark_bench.run(rows, cols, chosen, partitions, master, log=info, repeats=repeats,
+                             warmup_rounds=warmup_rounds)
     for row in result["results"]:
         if row["mode"] != "vanilla":
             info(f"{row['algorithm']:<12} {row['mode']:<24} {row['ratio_to_vanilla']:.2f}x vanilla")

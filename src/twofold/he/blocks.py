@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 import secrets
-import threading
 from collections.abc import Sequence
 
 from twofold.crypto import dtpkc
 from twofold.errors import ProtocolError
 from twofold.he import codec
-from twofold.he.randomness import PairPool
+from twofold.he.randomness import KeyPools, PairPool
 from twofold.he.transport import Channel
 
 
@@ -36,7 +35,7 @@ class Blocks:
     """Building blocks run by MU against an SU link."""
 
     def __init__(self, link: Channel, share1: dtpkc.StrongKeyShare, system_pool: PairPool, *,
-                 threads: int = 2, pools: dict[bytes, PairPool] | None = None) -> None:
+                 threads: int = 2, pools: KeyPools | None = None) -> None:
         if share1.role != 1:
             raise ValueError("MU needs the role-1 share")
         self.link = link
@@ -46,18 +45,14 @@ class Blocks:
         self.system_pk = system_pool.pk
         self.threads = threads
         # per-key pools (fixed-base tables and their pairs) may outlive one request: ``pools`` is shared
-        self._pools: dict[bytes, PairPool] = pools if pools is not None else {}
-        self._pools[codec.key_id(self.system_pk)] = system_pool
-        self._lock = threading.Lock()
+        self._pools = pools if pools is not None else KeyPools()
+        self._system_key = codec.key_id(self.system_pk)
 
     def pool(self, pk: dtpkc.PublicKey | None) -> PairPool:
-        if pk is None:
+        key = None if pk is None else codec.key_id(pk)
+        if pk is None or key == self._system_key:
             return self.system_pool
-        key = codec.key_id(pk)
-        with self._lock:
-            if key not in self._pools:
-                self._pools[key] = PairPool(pk, g_table=self.system_pool.g_table)
-            return self._pools[key]
+        return self._pools.get(key, lambda: PairPool(pk, g_table=self.system_pool.g_table))
 
     def open_items(self, cts: Sequence[dtpkc.Ciphertext]) -> list[list[bytes]]:
         """(ct, PSDec1(ct)) pairs ready for SU."""

@@ -23,7 +23,7 @@ from twofold.he import codec, fastexp
 from twofold.he.blocks import Blocks
 from twofold.he.keys import SystemInfo, check_name
 from twofold.he.models import dt, lr, nb
-from twofold.he.randomness import PairPool
+from twofold.he.randomness import KeyPools, PairPool
 from twofold.he.transport import Channel, LinkStats, client_context, connect
 
 log = logging.getLogger("twofold.he")
@@ -112,7 +112,7 @@ class MasterUnit:
         self._train_lock = threading.Lock()
         self._upload_lock = threading.Lock()
         self._models: dict[str, dict[str, Any]] = {}
-        self._key_pools: dict[bytes, PairPool] = {}  # per owner/client key, kept across requests (tables)
+        self._key_pools = KeyPools()  # per owner/client key, kept across requests (tables), bounded
         self.link_stats: dict[str, LinkStats] = {}
         self.progress: dict[str, Any] = {}
         self._handlers = {"hello": (self._hello, ("owner", "client", "admin")),

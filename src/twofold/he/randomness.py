@@ -10,6 +10,9 @@ a fresh pair on the spot; a pair is never reused.
 from __future__ import annotations
 
 import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 
 from gmpy2 import mpz
 
@@ -88,3 +91,35 @@ class PairPool(OfflineValues):
         hr, gr = self._take()
         n_sq = self.params.n_sq
         return dtpkc.Ciphertext(ct.t1 * hr % n_sq, ct.t2 * gr % n_sq)
+
+
+class KeyPools:
+    """Pools for other parties' keys, kept across requests; beyond ``limit`` the least recently used is dropped
+    (each holds two fixed-base tables, about 11 MB at 2048 bits), so a long-running server's memory stays bounded.
+    """
+
+    def __init__(self, limit: int = 16) -> None:
+        self._pools: OrderedDict[bytes, PairPool] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pools)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._pools
+
+    def get(self, key: bytes, make: Callable[[], PairPool]) -> PairPool:
+        """The pool of ``key``, made by ``make`` (outside the lock: tables take time) when not kept."""
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None:
+                self._pools.move_to_end(key)
+                return pool
+        made = make()
+        with self._lock:
+            pool = self._pools.setdefault(key, made)
+            self._pools.move_to_end(key)
+            while len(self._pools) > self._limit:
+                self._pools.popitem(last=False)[1].close()  # still usable by a request holding it
+        return pool

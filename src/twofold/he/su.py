@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -17,7 +16,7 @@ from twofold.crypto import dtpkc
 from twofold.errors import InputError, KeyAccessError, ProtocolError
 from twofold.he import codec, fastexp, su_dt
 from twofold.he.keys import SystemInfo
-from twofold.he.randomness import PairPool
+from twofold.he.randomness import KeyPools, PairPool
 
 MAX_ITEMS = 1_000_000
 MAX_SESSIONS = 4
@@ -37,8 +36,7 @@ class SecondaryUnit:
         self.system_pk = system_pk
         self.threads = threads
         self.system_pool = PairPool(system_pk)
-        self._pools: OrderedDict[bytes, PairPool] = OrderedDict()
-        self._pool_lock = threading.Lock()
+        self._pools = KeyPools()
         self._registry = registry
         self.requests = 0
         self.exit_after = exit_after
@@ -80,19 +78,13 @@ class SecondaryUnit:
         """The encryption pool of a registered public key (the system key if ``key`` is empty)."""
         if not key or key == codec.key_id(self.system_pk):
             return self.system_pool
-        with self._pool_lock:
-            if key in self._pools:
-                self._pools.move_to_end(key)
-                return self._pools[key]
-        if key not in self._known_keys():
-            raise KeyAccessError("target public key is not registered with this system")
-        pk = dtpkc.public_key_from_bytes(self.params, key)
-        pool = PairPool(pk)
-        with self._pool_lock:
-            self._pools[key] = pool
-            while len(self._pools) > 16:
-                self._pools.popitem(last=False)
-        return pool
+
+        def make() -> PairPool:
+            if key not in self._known_keys():
+                raise KeyAccessError("target public key is not registered with this system")
+            return PairPool(dtpkc.public_key_from_bytes(self.params, key))
+
+        return self._pools.get(key, make)
 
     def _open(self, items: list[list[bytes]]) -> list[int]:
         if len(items) > MAX_ITEMS:

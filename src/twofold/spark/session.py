@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 
-def get_spark(master: str | None = None, app_name: str = "twofold", **conf: Any):
-    """Create or reuse a SparkSession; the Python workers use this interpreter (so twofold is importable)."""
+def get_spark(master: str | None = None, app_name: str = "twofold", java_options: str = "", **conf: Any):
+    """Create or reuse a SparkSession; the Python workers use this interpreter (so twofold is importable).
+
+    ``java_options`` are added to the driver JVM's options (in local mode the driver also runs the tasks).
+    """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if (master or "local").startswith("local"):
@@ -25,7 +28,7 @@ def get_spark(master: str | None = None, app_name: str = "twofold", **conf: Any)
         "spark.sql.shuffle.partitions": "8",
         "spark.driver.memory": os.environ.get("TWOFOLD_SPARK_DRIVER_MEMORY", "4g"),
         "spark.python.worker.reuse": "true",
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log_config}",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log_config} {java_options}".strip(),
         "spark.executor.extraJavaOptions": f"-Dlog4j2.configurationFile={log_config}",
     }
     for key, value in {**defaults, **conf}.items():
