@@ -48,6 +48,22 @@ def recording_su_openings(su, seen: list[dict[str, list[int]]]):
         su._open = original
 
 
+def twice_recorded(crypto, su, system_pool, run) -> tuple[list, list[dict[str, list[int]]]]:
+    """``run(blocks)`` twice against SU, each over a fresh link; the two results and what SU opened in each."""
+    from twofold.he.blocks import Blocks
+    from twofold.he.transport import local_pair
+
+    seen: list[dict[str, list[int]]] = []
+    results = []
+    with recording_su_openings(su, seen) as handler:
+        for _ in range(2):
+            seen.append({})
+            link = local_pair(handler)
+            results.append(run(Blocks(link, crypto.share1, system_pool, threads=1)))
+            link.close()
+    return results, seen
+
+
 @pytest.mark.parametrize("classes, depth", [(2, 2), (3, 1)])
 def test_train_and_predict_match_reference(crypto, blocks, classes, depth):
     rows, ys = synthetic(36, seed=7, classes=classes, features=3)
@@ -176,21 +192,12 @@ def test_packed_mul_and_duel(crypto, blocks):
 def test_su_sees_only_blinded_values(crypto, su, system_pool):
     """Everything SU opens except the revealed split indices differs between two runs on the same data (fresh
     masks, rotations and coins) and is never a plaintext bin column or count vector of the data."""
-    from twofold.he.blocks import Blocks
-    from twofold.he.transport import local_pair
 
     rows, ys = synthetic(24, seed=5, classes=2, features=3)
     schema = nb.fit_schema(["a", "b", "c"], "y", rows, ys, bins=3)
     lay = nb.layout_for(crypto.params, schema)
     owners = [owner_records(crypto, lay, schema, rows, ys, crypto.owner.public)]
-    seen: list[dict[str, list[int]]] = []
-    with recording_su_openings(su, seen) as handler:
-        models = []
-        for _ in range(2):
-            seen.append({})
-            link = local_pair(handler)
-            models.append(dt.train(Blocks(link, crypto.share1, system_pool, threads=1), schema, owners, 2))
-            link.close()
+    models, seen = twice_recorded(crypto, su, system_pool, lambda blocks: dt.train(blocks, schema, owners, 2))
     assert models[0]["splits"] == models[1]["splits"]
     assert seen[0]["dt.reveal"] == seen[1]["dt.reveal"]  # public by design
     kinds = set(seen[0]) - {"dt.reveal"}
@@ -299,14 +306,7 @@ def test_su_sees_only_blinded_values_during_update(crypto, su, system_pool):
     link = local_pair(su.handle)
     model = dt.train(Blocks(link, crypto.share1, system_pool, threads=1), schema, before, 2)
     link.close()
-    seen: list[dict[str, list[int]]] = []
-    with recording_su_openings(su, seen) as handler:
-        models = []
-        for _ in range(2):
-            seen.append({})
-            link = local_pair(handler)
-            models.append(dt.update(Blocks(link, crypto.share1, system_pool, threads=1), schema, model, owners))
-            link.close()
+    models, seen = twice_recorded(crypto, su, system_pool, lambda blocks: dt.update(blocks, schema, model, owners))
     assert decrypted(crypto, models[0]) == decrypted(crypto, models[1])
     assert models[0]["labels"] != models[1]["labels"]  # fresh ciphertexts
     assert set(seen[0]) == {"dt.select", "dt.pick", "dt.unpack", "dt.mul", "dt.duel"}
