@@ -26,6 +26,14 @@ def owner_records(crypto, lay, schema, rows, ys, pk, chunk=16) -> dt.OwnerRecord
     return dt.OwnerRecords(pk, cells, bins)
 
 
+def encrypted_predictions(crypto, blocks, lay, schema, model, rows) -> list[int]:
+    """The classes the tree gives ``rows`` queried encrypted under the client's key, decrypted by the client."""
+    queries = [nb.encrypt_query(lambda m: dtpkc.encrypt(crypto.client.public, m), lay, schema.bin_row(r))
+               for r in rows]
+    return [int(dtpkc.weak_decrypt(crypto.client.secret, a))
+            for a in dt.predict(blocks, model, queries, crypto.client.public)]
+
+
 @contextlib.contextmanager
 def recording_su_openings(su, seen: list[dict[str, list[int]]]):
     """A handler for ``local_pair`` that records, per message kind, every value SU opens into ``seen[-1]``."""
@@ -77,10 +85,7 @@ def test_train_and_predict_match_reference(crypto, blocks, classes, depth):
     labels = [int(dtpkc.strong_decrypt(crypto.strong, codec.ct_from_bytes(crypto.params, c))) for c in model["labels"]]
     assert labels == ref["labels"]
     queries = rows[:10]
-    enc_q = [nb.encrypt_query(lambda m: dtpkc.encrypt(crypto.client.public, m), lay, schema.bin_row(r))
-             for r in queries]
-    got = [int(dtpkc.weak_decrypt(crypto.client.secret, a))
-           for a in dt.predict(blocks, model, enc_q, crypto.client.public)]
+    got = encrypted_predictions(crypto, blocks, lay, schema, model, queries)
     assert got == [dt.reference_predict(schema, ref, r) for r in queries]
 
 
@@ -100,9 +105,7 @@ def test_breast_cancer_matches_reference_tree(crypto, blocks):
     model = dt.train(blocks, schema, owners, 2)
     ref = dt.reference_train(schema, xtr, ytr, 2)
     assert model["splits"] == ref["splits"]
-    enc_q = [nb.encrypt_query(lambda m: dtpkc.encrypt(crypto.client.public, m), lay, schema.bin_row(r)) for r in xte]
-    got = [int(dtpkc.weak_decrypt(crypto.client.secret, a))
-           for a in dt.predict(blocks, model, enc_q, crypto.client.public)]
+    got = encrypted_predictions(crypto, blocks, lay, schema, model, xte)
     want = [dt.reference_predict(schema, ref, r) for r in xte]
     assert got == want
     truth = [schema.class_index(y) for y in yte]
@@ -275,10 +278,7 @@ def test_online_update_matches_reference(crypto, su, system_pool, classes, depth
     picked = next(b for k, b in kinds if k == "dt.pick")
     assert sum(len(g["cts"]) for g in picked["groups"]) == 20 * (1 << depth)  # only the new records, per leaf
     queries = rows[:12]
-    enc_q = [nb.encrypt_query(lambda m: dtpkc.encrypt(crypto.client.public, m), lay, schema.bin_row(r))
-             for r in queries]
-    got = [int(dtpkc.weak_decrypt(crypto.client.secret, a))
-           for a in dt.predict(blocks, updated, enc_q, crypto.client.public)]
+    got = encrypted_predictions(crypto, blocks, lay, schema, updated, queries)
     assert got == [dt.reference_predict(schema, want, r) for r in queries]
     # nothing new: the model is unchanged and SU is not contacted
     kinds.clear()

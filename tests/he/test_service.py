@@ -166,11 +166,22 @@ def test_upload_train_predict_and_online_update(system, servers):
     assert result.returncode == 6 and "already uploaded" in result.stderr
 
 
+def dying_su_and_mu(system: Path, state: Path, exit_after: int) -> tuple[Server, Server, int]:
+    """An SU that exits after ``exit_after`` requests, an MU keeping its state in ``state``, and SU's port (for
+    restarting it where MU expects it)."""
+    port = free_port()
+    su = Server(system, "su", port, ("--exit-after", str(exit_after)))
+    try:
+        mu = Server(system, "mu", extra=("--su", su.address, "--state", str(state)))
+    except BaseException:
+        su.stop()
+        raise
+    return su, mu, port
+
+
 def test_su_killed_mid_training_then_resumes(system, tmp_path):
     root = system.parent
-    port = free_port()
-    su = Server(system, "su", port, ("--exit-after", "3"))
-    mu = Server(system, "mu", extra=("--su", su.address, "--state", str(tmp_path / "state")))
+    su, mu, port = dying_su_and_mu(system, tmp_path / "state", 3)
     try:
         assert he("upload", "--system", str(system), "--mu", mu.address, "--owner", "olga", str(root / "olga.csv"),
                   "--label", "label").returncode == 0
@@ -330,9 +341,7 @@ def test_lr_su_killed_mid_training_then_resumes(system, tmp_path):
     import re
 
     root = system.parent
-    port = free_port()
-    su = Server(system, "su", port, ("--exit-after", "8"))
-    mu = Server(system, "mu", extra=("--su", su.address, "--state", str(tmp_path / "state")))
+    su, mu, port = dying_su_and_mu(system, tmp_path / "state", 8)
     train = ("train", "--system", str(system), "--mu", mu.address, "--algorithm", "lr", "--iterations", "4")
     try:
         result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", "olga", str(root / "olga.csv"),
@@ -417,9 +426,7 @@ def test_dt_su_killed_mid_training_then_resumes(system, tmp_path):
     from twofold.he.models import dt
 
     root = system.parent
-    port = free_port()
-    su = Server(system, "su", port, ("--exit-after", "24"))
-    mu = Server(system, "mu", extra=("--su", su.address, "--state", str(tmp_path / "state")))
+    su, mu, port = dying_su_and_mu(system, tmp_path / "state", 24)
     try:
         for owner in ("olga", "omar"):
             result = he("upload", "--system", str(system), "--mu", mu.address, "--owner", owner,
