@@ -11,8 +11,11 @@ TORCH  ?= torch==2.13.0
 demo: java install
 	$(VENV)/bin/twofold demo
 
+# Tests that start services run twice more first: races show only sometimes.
 test: java install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q -p no:cacheprovider -m service
+	$(PY) -m pytest -q -p no:cacheprovider -m service
 	$(PY) -m pytest -q
 
 lint: install-dev

@@ -45,9 +45,9 @@ def recording_su_openings(su, seen: list[dict[str, list[int]]]):
         seen[-1].setdefault(current[0], []).extend(values)
         return values
 
-    def handler(kind, body, peer):
+    def handler(kind, body, peer, call=None):
         current[0] = kind
-        return su.handle(kind, body, peer)
+        return su.handle(kind, body, peer, call)
 
     su._open = spy
     try:
@@ -127,11 +127,11 @@ def test_su_failure_mid_training_resumes_from_checkpoint(crypto, su, system_pool
               owner_records(crypto, lay, schema, rows[25:], ys[25:], crypto.owner.public)]
     seen: list[str] = []
 
-    def dying(kind, body, peer):
+    def dying(kind, body, peer, call=None):
         seen.append(kind)
         if kind == "dt.pick" and seen.count("dt.pick") == 2:  # level 1's pick: its reply never arrives
             raise ServiceError("SU went away")
-        return su.handle(kind, body, peer)
+        return su.handle(kind, body, peer, call)
 
     checkpoint = nb.MemoryCheckpoint()
     link = local_pair(dying)
@@ -255,9 +255,9 @@ def test_online_update_matches_reference(crypto, su, system_pool, classes, depth
     rows, ys, schema, lay, before, owners = update_case(crypto, classes)
     kinds: list[tuple[str, dict]] = []
 
-    def handler(kind, body, peer):
+    def handler(kind, body, peer, call=None):
         kinds.append((kind, body))
-        return su.handle(kind, body, peer)
+        return su.handle(kind, body, peer, call)
 
     link = local_pair(handler)
     blocks = Blocks(link, crypto.share1, system_pool, threads=1)

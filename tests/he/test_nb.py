@@ -96,11 +96,11 @@ def test_resume_after_su_failure(crypto, su, system_pool, data):
     owners = [(crypto.owner.public, aggregate(crypto, lay, schema, rows, ys, crypto.owner.public))]
     calls = {"n": 0}
 
-    def flaky(kind, body, peer):
+    def flaky(kind, body, peer, call=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise ServiceError("SU went away")
-        return su.handle(kind, body, peer)
+        return su.handle(kind, body, peer, call)
 
     ck = nb.MemoryCheckpoint()
     with pytest.raises(ServiceError):

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import datetime
-import random
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import msgpack
@@ -27,78 +20,14 @@ from twofold.he.keys import load_system
 from twofold.he.models import nb
 from twofold.he.transport import client_context, connect
 
-from ..conftest import run_cli
+from .servers import Server, check_predictions, free_port, he, make_system, reference_predictions
 
-FEATURES = ["a", "b", "c", "d"]
-
-
-def write_data(path: Path, n: int, seed: int) -> None:
-    rng = random.Random(seed)
-    with open(path, "w", newline="") as h:
-        w = csv.writer(h)
-        w.writerow([*FEATURES, "label"])
-        for _ in range(n):
-            y = rng.choice(["no", "yes"])
-            shift = 1.2 if y == "yes" else 0.0
-            w.writerow([round(rng.gauss(shift + 0.2 * j, 1.0), 4) for j in range(len(FEATURES))] + [y])
-
-
-def he(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("he", *args, module=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """One `twofold he serve` child process, stopped by its own PID."""
-
-    def __init__(self, system: Path, role: str, port: int = 0, extra: tuple[str, ...] = ()) -> None:
-        self.ready = system / f"{role}-{time.monotonic_ns()}.port"
-        self.proc = subprocess.Popen([sys.executable, "-m", "twofold", "he", "serve", "--role", role, "--system",
-                                      str(system), "--port", str(port), "--ready-file", str(self.ready), "--threads",
-                                      "1", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while not self.ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{role} did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
-            time.sleep(0.05)
-        self.port = int(self.ready.read_text())
-        self.address = f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("he")
-    sysdir = root / "system"
-    assert he("init", "--dir", str(sysdir), "--key-bits", "512", "--insecure-small-keys").returncode == 0
-    for name, role in (("olga", "owner"), ("omar", "owner"), ("otto", "owner"), ("alice", "client"),
-                       ("carl", "client")):
-        result = he("enroll", "--system", str(sysdir), "--name", name, "--role", role)
-        assert result.returncode == 0, result.stderr
-    write_data(root / "olga.csv", 40, 1)
-    write_data(root / "omar.csv", 30, 2)
-    write_data(root / "otto.csv", 20, 3)
-    write_data(root / "queries.csv", 25, 4)
-    result = he("schema", "--system", str(sysdir), str(root / "olga.csv"), "--label", "label", "--bins", "4")
-    assert result.returncode == 0, result.stderr
-    assert "insecure 512-bit test keys" in result.stderr
-    return sysdir
+    return make_system(tmp_path_factory.mktemp("he"))
 
 
 @pytest.fixture(scope="module")
@@ -110,25 +39,6 @@ def servers(system):
     mu.stop()
     su.stop()
     assert mu.proc.poll() is not None and su.proc.poll() is not None
-
-
-def reference_predictions(system: Path, files: list[Path], queries: Path) -> list[list[float]]:
-    schema = nb.Schema.from_dict(__import__("json").loads((system / "public" / "schema.json").read_text()))
-    rows, labels = [], []
-    for f in files:
-        r, y = read_csv(f, schema.features, "label")
-        rows += r
-        labels += y
-    counts = nb.plaintext_counts(schema, rows, labels)
-    q, _ = read_csv(queries, schema.features, "label")
-    return [nb.reference_scores(schema, counts, schema.bin_row(r)) for r in q], schema
-
-
-def check_predictions(stdout: str, refs, schema) -> None:
-    got = stdout.split()
-    assert len(got) == len(refs)
-    for label, scores in zip(got, refs, strict=True):
-        assert scores[schema.class_index(label)] >= max(scores) - 1e-3
 
 
 def test_upload_train_predict_and_online_update(system, servers):

@@ -58,11 +58,13 @@ def _write_csv(path: Path, features: list[str], rows: list[list[float]], labels:
 class Servers:
     """SU and MU started through the CLI as child processes; stopped by the PIDs started."""
 
-    def __init__(self, system: Path, pool: int = 0, lr_pool: dict[str, int] | None = None) -> None:
+    def __init__(self, system: Path, pool: int = 0, lr_pool: dict[str, int] | None = None,
+                 extra: list[str] | None = None) -> None:
         self.system = system
         self.procs: list[subprocess.Popen] = []
         self.pool = pool
         self.lr_pool = lr_pool or {}
+        self.extra = extra or []
 
     def _start(self, role: str, extra: list[str]) -> int:
         ready = self.system / f"{role}.port"
@@ -70,7 +72,7 @@ class Servers:
         log = open(self.system / f"{role}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([sys.executable, "-m", "twofold", "he", "serve", "--role", role, "--system",
                                  str(self.system), "--port", "0", "--ready-file", str(ready), "--pool",
-                                 str(self.pool), "--lr-pool", str(self.lr_pool.get(role, 0)), *extra],
+                                 str(self.pool), "--lr-pool", str(self.lr_pool.get(role, 0)), *self.extra, *extra],
                                 stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         deadline = time.monotonic() + 60
@@ -85,9 +87,16 @@ class Servers:
         mu_port = self._start("mu", ["--su", f"127.0.0.1:{su_port}"])
         return f"127.0.0.1:{mu_port}"
 
+    def signal(self, role: str, signum: int) -> None:
+        """Signal SU (``su``) or MU (``mu``) by the PID that started it."""
+        proc = self.procs[0 if role == "su" else 1]
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a frozen server must be able to act on SIGTERM
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
             try:

@@ -48,6 +48,26 @@ def bench_kbs(attestations: int, concurrency: int, json_path: Path | None) -> No
     write_json(json_path, result)
 
 
+@bench.command("servers")
+@click.option("--key-bits", type=int, default=2048, show_default=True)
+@click.option("--levels", default="1,10,25,50,64,80", show_default=True, help="Concurrent clients per round.")
+@click.option("--heartbeat", type=float, default=5.0, show_default=True)
+@click.option("--peer-timeout", type=float, default=20.0, show_default=True)
+@click.option("--max-connections", type=click.IntRange(1), default=64, show_default=True)
+@json_option
+def bench_servers(key_bits: int, levels: str, heartbeat: float, peer_timeout: float, max_connections: int,
+                  json_path: Path | None) -> None:
+    """MU and SU under concurrent encrypted queries, and the time to find a frozen SU or MU."""
+    from twofold.bench import servers
+
+    result = servers.run(key_bits, tuple(int(x) for x in levels.split(",") if x.strip()), heartbeat, peer_timeout,
+                         max_connections, log=info)
+    info(f"held {result['held_without_error']} concurrent queries without error; frozen SU found in "
+         f"{result['frozen_su']['detected_s']:.1f} s, frozen MU in {result['frozen_mu_detected_s']:.1f} s "
+         f"(peer timeout {peer_timeout:.0f} s)")
+    write_json(json_path, result)
+
+
 from twofold.cli.he import bench_he  # noqa: E402
 
 bench.add_command(bench_he, "he")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from twofold.cli.common import info, progress_bar
+from twofold.cli.common import info, progress_bar, step_progress
+
+if TYPE_CHECKING:
+    from twofold.he.client import Party
 
 system_option = click.option("--system", "system_dir", required=True,
                              type=click.Path(file_okay=False, path_type=Path), help="The HE system directory.")
@@ -14,6 +18,15 @@ model_option = click.option("--model", "--algorithm", "model", type=click.Choice
                             show_default=True)
 mu_option = click.option("--mu", "mu_address", default="127.0.0.1:7700", show_default=True,
                          help="MU address HOST:PORT.")
+peer_timeout_option = click.option(
+    "--peer-timeout", type=click.FloatRange(1, 3600), default=20.0, show_default=True, envvar="TWOFOLD_PEER_TIMEOUT",
+    help="Seconds of silence after which a server counts as frozen or gone (servers send heartbeats meanwhile).")
+
+
+def _party(system_dir: Path, name: str, mu_address: str, peer_timeout: float) -> Party:
+    from twofold.he.client import Party
+
+    return Party(_open(system_dir), name, mu_address, peer_timeout=peer_timeout)
 
 
 def _open(system_dir: Path):
@@ -93,14 +106,22 @@ def schema_cmd(system_dir: Path, data: Path, label: str, bins: int) -> None:
               help="Priv-LR randomness values (T1 only) to keep precomputed by a background process.")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the listening port here once ready.")
+@click.option("--heartbeat", type=click.FloatRange(0.05, 600), default=5.0, show_default=True,
+              help="Seconds between the heartbeats sent while a request is being worked on.")
+@peer_timeout_option
+@click.option("--max-connections", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Links served at once; more are closed at accept.")
 @click.option("--exit-after", type=int, default=None, hidden=True, help="Fault injection: SU exits after N requests.")
 def serve(role: str, system_dir: Path, host: str, port: int, su_address: str | None, state: Path | None,
-          threads: int, pool: int, lr_pool: int, ready_file: Path | None, exit_after: int | None) -> None:
-    """Run MU or SU until interrupted."""
+          threads: int, pool: int, lr_pool: int, ready_file: Path | None, heartbeat: float, peer_timeout: float,
+          max_connections: int, exit_after: int | None) -> None:
+    """Run MU or SU until interrupted; prints `ready HOST:PORT` once it accepts connections."""
     from twofold.he.server import run
+    from twofold.he.transport import Timing
 
     run(role, _open(system_dir), host, port, su_address=su_address, state=state, threads=threads, pool=pool,
-        ready_file=ready_file, exit_after=exit_after, lr_pool=lr_pool)
+        ready_file=ready_file, exit_after=exit_after, lr_pool=lr_pool,
+        timing=Timing(heartbeat=heartbeat, peer_timeout=peer_timeout), max_connections=max_connections)
 
 
 @he.command("upload")
@@ -111,12 +132,11 @@ def serve(role: str, system_dir: Path, host: str, port: int, su_address: str | N
 @click.option("--label", required=True)
 @click.option("--chunk-records", type=click.IntRange(1), default=64, show_default=True)
 @model_option
+@peer_timeout_option
 def upload(system_dir: Path, mu_address: str, owner: str, data: Path, label: str, chunk_records: int,
-           model: str) -> None:
+           model: str, peer_timeout: float) -> None:
     """Encrypt DATA's records under the owner's key and upload them to MU (for one model's encoding)."""
-    from twofold.he.client import Party
-
-    party = Party(_open(system_dir), owner, mu_address)
+    party = _party(system_dir, owner, mu_address, peer_timeout)
     with progress_bar("encrypting and uploading", None) as advance:
         result = party.upload(data, label, chunk_records=chunk_records, model=model, progress=advance)
     info(f"uploaded; {owner} now has {result['records']} records in {result['chunks']} chunks "
@@ -136,15 +156,17 @@ def upload(system_dir: Path, mu_address: str, owner: str, data: Path, label: str
                    "instead of updating the stored one.")
 @click.option("--depth", type=click.IntRange(1, 4), default=None,
               help="dt: tree depth (default: the stored model's, else 2); another depth than the model's rebuilds.")
+@peer_timeout_option
 def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int, iterations: int,
-          fresh: bool, depth: int | None) -> None:
+          fresh: bool, depth: int | None, peer_timeout: float) -> None:
     """Ask MU to train a model over all uploaded data: resume an interrupted run, warm-start lr from its stored
-    weights, update a stored dt with the records it does not hold yet (its splits stay; --fresh rebuilds)."""
-    from twofold.he.client import Party
+    weights, update a stored dt with the records it does not hold yet (its splits stay; --fresh rebuilds).
 
+    Interrupting this command (or `twofold he cancel`) stops the run at its next saved step."""
     body = {"model": model, "chunk": chunk, "iterations": (depth or 0) if model == "dt" else iterations,
             "fresh": fresh}
-    result = Party(_open(system_dir), admin, mu_address).request("train", body)
+    with step_progress(f"training {model}") as update:
+        result = _party(system_dir, admin, mu_address, peer_timeout).request("train", body, on_progress=update)
     mode = result.get("mode", "full")
     link = f"MU-SU {result['bytes_mu_su']} bytes"
     if mode == "unchanged":
@@ -169,17 +191,17 @@ def train(system_dir: Path, mu_address: str, model: str, admin: str, chunk: int,
 @model_option
 @click.argument("data", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--label", default=None, help="If given, report accuracy against this column.")
-@click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 4096), default=16, show_default=True)
+@peer_timeout_option
 def predict(system_dir: Path, mu_address: str, client_name: str, model: str, data: Path, label: str | None,
-            batch: int) -> None:
+            batch: int, peer_timeout: float) -> None:
     """Classify DATA's rows with encrypted queries; print one predicted class per line."""
-    from twofold.he.client import Party, read_csv
+    from twofold.he.client import read_csv
     from twofold.he.mu import load_schema
 
-    system = _open(system_dir)
-    schema = load_schema(system)
+    party = _party(system_dir, client_name, mu_address, peer_timeout)
+    schema = load_schema(party.info)
     rows, labels = read_csv(data, schema.features, label)
-    party = Party(system, client_name, mu_address)
     with progress_bar("querying", len(rows)) as advance:
         predictions = party.predict(rows, model=model, batch=batch, progress=advance)
     for p in predictions:
@@ -193,14 +215,26 @@ def predict(system_dir: Path, mu_address: str, client_name: str, model: str, dat
 @system_option
 @mu_option
 @click.option("--admin", default="admin", show_default=True)
-def status(system_dir: Path, mu_address: str, admin: str) -> None:
-    """Show MU's owners, models, link byte counters and training progress."""
+@peer_timeout_option
+def status(system_dir: Path, mu_address: str, admin: str, peer_timeout: float) -> None:
+    """Show MU's owners, models, link byte counters and the current (or last) training run."""
     import json
 
-    from twofold.he.client import Party
-
-    result = Party(_open(system_dir), admin, mu_address).request("status", {})
+    result = _party(system_dir, admin, mu_address, peer_timeout).request("status", {})
     click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@he.command("cancel")
+@system_option
+@mu_option
+@click.option("--admin", default="admin", show_default=True)
+@peer_timeout_option
+def cancel(system_dir: Path, mu_address: str, admin: str, peer_timeout: float) -> None:
+    """Stop the running training at its next saved step (rerun train to resume it)."""
+    result = _party(system_dir, admin, mu_address, peer_timeout).request("cancel", {})
+    run = result["run"]
+    info(f"cancelling the {run['model']} run (step {run['progress'].get('step', '-')}, "
+         f"{run['progress'].get('done', 0)} of {run['progress'].get('total', '?')} done)")
 
 
 @click.command("he")

@@ -15,7 +15,7 @@ from twofold.crypto import dtpkc
 from twofold.errors import ProtocolError
 from twofold.he import codec
 from twofold.he.randomness import KeyPools, PairPool
-from twofold.he.transport import Channel
+from twofold.he.transport import Channel, LinkPool
 
 
 def log_uniform(max_shift: int) -> int:
@@ -34,7 +34,7 @@ def log_uniform(max_shift: int) -> int:
 class Blocks:
     """Building blocks run by MU against an SU link."""
 
-    def __init__(self, link: Channel, share1: dtpkc.StrongKeyShare, system_pool: PairPool, *,
+    def __init__(self, link: Channel | LinkPool, share1: dtpkc.StrongKeyShare, system_pool: PairPool, *,
                  threads: int = 2, pools: KeyPools | None = None) -> None:
         if share1.role != 1:
             raise ValueError("MU needs the role-1 share")

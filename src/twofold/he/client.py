@@ -15,7 +15,7 @@ from twofold.he.keys import SystemInfo
 from twofold.he.models import dt, lr, nb
 from twofold.he.mu import load_lr_schema, load_schema
 from twofold.he.randomness import PairPool
-from twofold.he.transport import Channel, LinkStats, client_context, connect
+from twofold.he.transport import PEER_TIMEOUT_S, Channel, LinkStats, Progress, client_context, connect
 
 
 def read_csv(path: Path, columns: list[str], label: str | None) -> tuple[list[list[float]], list[str] | None]:
@@ -52,19 +52,17 @@ def read_table(path: Path, label: str) -> tuple[list[str], list[list[float]], li
     return features, rows, labels or []
 
 
-TRAIN_TIMEOUT = 4 * 3600.0
-
-
 class Party:
     """An enrolled owner, client or admin with its TLS identity and (for owners and clients) DT-PKC keys."""
 
-    def __init__(self, info: SystemInfo, name: str, mu_address: str) -> None:
+    def __init__(self, info: SystemInfo, name: str, mu_address: str, *, peer_timeout: float = PEER_TIMEOUT_S) -> None:
         self.info = info
         self.name = name
         self.params = info.params()
         cert, key = info.tls_files(name)
         self._ctx = client_context(info.ca_pem, cert, key)
         self.mu_address = mu_address
+        self.peer_timeout = peer_timeout
         self.stats = LinkStats()
         self._keys: dtpkc.UserKeyPair | None = None
         self._pool: PairPool | None = None
@@ -80,15 +78,22 @@ class Party:
             self._pool = PairPool(self.keys.public)
         return self._pool
 
-    def connect(self, timeout: float | None = 600.0) -> Channel:
-        channel = connect(self.mu_address, self._ctx, "mu", stats=[self.stats], timeout=timeout)
-        channel.request("hello", {"version": 1})
+    def connect(self) -> Channel:
+        """A link to MU; its frame limit is the one MU accepts from this role (told in ``hello``)."""
+        channel = connect(self.mu_address, self._ctx, "mu", stats=[self.stats], peer_timeout=self.peer_timeout)
+        try:
+            hello = channel.request("hello", {"version": 1})["result"]
+        except BaseException:
+            channel.close()
+            raise
+        channel.max_frame = int(hello.get("max_frame", channel.max_frame))
         return channel
 
-    def request(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One request on a fresh link; ``train`` waits up to TRAIN_TIMEOUT (Priv-DT at 2048 bits takes > 10 min)."""
-        with self.connect(TRAIN_TIMEOUT if kind == "train" else 600.0) as channel:
-            return channel.request(kind, body)["result"]
+    def request(self, kind: str, body: dict[str, Any], *, on_progress: Progress | None = None) -> dict[str, Any]:
+        """One request on a fresh link. A long one (``train``) stays alive on MU's heartbeats, which carry its
+        progress to ``on_progress``; a silent MU fails it after ``peer_timeout``."""
+        with self.connect() as channel:
+            return channel.request(kind, body, on_progress=on_progress)["result"]
 
     # ---------------------------------------------------------------------------------------------- owner
 

@@ -11,23 +11,50 @@ import hashlib
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from twofold.crypto import dtpkc
-from twofold.errors import ConfigError, InputError, KeyAccessError, ProtocolError, ServiceError
+from twofold.errors import ConfigError, InputError, KeyAccessError, ProtocolError, ServiceError, TwofoldError
 from twofold.fsutil import make_private_dir, write_private
 from twofold.he import codec, fastexp
 from twofold.he.blocks import Blocks
 from twofold.he.keys import SystemInfo, check_name
 from twofold.he.models import dt, lr, nb
 from twofold.he.randomness import KeyPools, PairPool
-from twofold.he.transport import Channel, LinkStats, client_context, connect
+from twofold.he.transport import PEER_TIMEOUT_S, Call, Channel, LinkPool, LinkStats, client_context, connect
 
 log = logging.getLogger("twofold.he")
 MODELS = ("nb", "lr", "dt")
+# Largest frame MU reads from each role (bytes); told to parties in ``hello`` so they refuse oversize requests locally.
+FRAME_LIMITS = {"admin": 1 << 20, "client": 64 << 20, "owner": 256 << 20}
+
+
+class RunCancelled(ServiceError):
+    """A training run stopped because the operator cancelled it or its requester went away."""
+
+
+@dataclass
+class Run:
+    """One training run: what ``status`` shows and what ``cancel`` stops."""
+
+    model: str
+    started: float = field(default_factory=time.time)
+    state: str = "running"  # running, cancelling, done, failed or cancelled
+    error: str = ""
+    progress: dict[str, Any] = field(default_factory=dict)
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("running", "cancelling")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "state": self.state, "started": self.started, "error": self.error,
+                "progress": dict(self.progress), "seconds": time.time() - self.started}
 
 
 def load_schema(info: SystemInfo) -> nb.Schema:
@@ -85,11 +112,39 @@ def _lr_fingerprint(owners: list[lr.OwnerData], weights: list[bytes] | None, ite
     return digest.hexdigest()
 
 
+class Progress:
+    """The progress callback of one run: publishes each step to ``status`` and the requester's heartbeats, and
+    stops the run (at a step whose progress is saved) once it is cancelled or its requester has gone away."""
+
+    def __init__(self, run: Run, call: Call) -> None:
+        self.run, self.call = run, call
+        self.step, self.done, self.total, self.offset = "", 0, 0, 0
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        self.step, self.done, self.total = step, self.offset + done, total
+        self.run.progress = self.call.progress = {"model": self.run.model, "step": step, "done": self.done,
+                                                  "total": total}
+        if self.run.cancel.is_set():
+            raise RunCancelled(f"training cancelled by the operator after {self.done} of {total} {step} steps; "
+                               "progress is saved: rerun train to resume")
+        if self.call.cancelled.is_set():
+            raise RunCancelled(f"training stopped after {self.done} of {total} {step} steps: its requester went "
+                               "away; progress is saved: rerun train to resume")
+
+
+def _interrupted(exc: ServiceError, what: str, saved: str) -> ServiceError:
+    """The error of a run that SU (or a cancellation) interrupted."""
+    if isinstance(exc, RunCancelled):
+        return exc
+    return ServiceError(f"SU failed during {what} ({exc}); {saved}: rerun train to resume")
+
+
 class MasterUnit:
     """The MU request handler (transport independent); ``su_factory`` opens a link to SU."""
 
     def __init__(self, info: SystemInfo, state: Path, su_address: str | None, *, threads: int = 2,
-                 pool_target: int = 0, lr_pool_target: int = 0, su_factory: Any = None) -> None:
+                 pool_target: int = 0, lr_pool_target: int = 0, su_factory: Any = None,
+                 peer_timeout: float = PEER_TIMEOUT_S) -> None:
         self.info = info
         self.params = info.params()
         self.share = info.share("mu", self.params)
@@ -107,50 +162,47 @@ class MasterUnit:
         if lr_pool_target:
             self.t1().start_background(lr_pool_target)  # Priv-LR's T1-only randomness, precomputed
         self._su_factory = su_factory
-        self._su: Channel | None = None
-        self._su_lock = threading.Lock()
-        self._train_lock = threading.Lock()
+        self.peer_timeout = peer_timeout
+        self._su_links = LinkPool(self._open_su_link, limit=max(2, threads + 2))
+        self._run: Run | None = None
+        self._run_lock = threading.Lock()  # guards only the swap of ``_run``
         self._upload_lock = threading.Lock()
         self._models: dict[str, dict[str, Any]] = {}
         self._key_pools = KeyPools()  # per owner/client key, kept across requests (tables), bounded
         self.link_stats: dict[str, LinkStats] = {}
-        self.progress: dict[str, Any] = {}
         self._handlers = {"hello": (self._hello, ("owner", "client", "admin")),
                           "upload": (self._upload, ("owner",)), "train": (self._train, ("admin",)),
-                          "status": (self._status, ("admin",)), "predict": (self._predict, ("client",))}
+                          "status": (self._status, ("admin",)), "cancel": (self._cancel, ("admin",)),
+                          "predict": (self._predict, ("client",))}
 
     # ------------------------------------------------------------------------------------------- plumbing
 
-    def handle(self, kind: str, body: dict[str, Any], peer: tuple[str, str]) -> tuple[str, dict[str, Any]]:
+    def handle(self, kind: str, body: dict[str, Any], peer: tuple[str, str],
+               call: Call | None = None) -> tuple[str, dict[str, Any]]:
         entry = self._handlers.get(kind)
         if entry is None:
             raise ProtocolError(f"MU does not serve {kind!r}")
         fn, roles = entry
         if peer[0] not in roles:
             raise KeyAccessError(f"a {peer[0]} may not send {kind}")
+        if kind == "train":
+            return "ok", {"result": self._train(body, call or Call())}
         return "ok", {"result": fn(body, peer)}
 
-    def _link(self) -> Channel:
-        with self._su_lock:
-            if self._su is None:
-                if self._su_factory is not None:
-                    self._su = self._su_factory()
-                else:
-                    if not self.su_address:
-                        raise ConfigError("MU was started without --su")
-                    cert, key = self.info.tls_files("mu")
-                    ctx = client_context(self.info.ca_pem, cert, key)
-                    self._su = connect(self.su_address, ctx, "su", stats=[self.su_stats])
-            return self._su
+    def _open_su_link(self) -> Channel:
+        if self._su_factory is not None:
+            return self._su_factory()
+        if not self.su_address:
+            raise ConfigError("MU was started without --su")
+        cert, key = self.info.tls_files("mu")
+        ctx = client_context(self.info.ca_pem, cert, key)
+        return connect(self.su_address, ctx, "su", stats=[self.su_stats], peer_timeout=self.peer_timeout)
 
-    def _drop_link(self) -> None:
-        with self._su_lock:
-            if self._su is not None:
-                self._su.close()
-            self._su = None
+    def close(self) -> None:
+        self._su_links.close()
 
     def blocks(self) -> Blocks:
-        return Blocks(self._link(), self.share, self.system_pool, threads=self.threads, pools=self._key_pools)
+        return Blocks(self._su_links, self.share, self.system_pool, threads=self.threads, pools=self._key_pools)
 
     def t1(self) -> fastexp.T1Source:
         if self._t1 is None:
@@ -187,7 +239,8 @@ class MasterUnit:
     def _hello(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
         if body["version"] != 1:
             raise ProtocolError(f"unsupported client version {body['version']}")
-        return {"role": "mu", "bits": self.params.bits, "you": f"{peer[0]}:{peer[1]}"}
+        return {"role": "mu", "bits": self.params.bits, "you": f"{peer[0]}:{peer[1]}",
+                "max_frame": FRAME_LIMITS.get(peer[0], 1 << 20)}
 
     def _upload(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
         if body["model"] not in MODELS:
@@ -273,7 +326,7 @@ class MasterUnit:
             self._save(path, doc)
         return {"records": doc["records"], "chunks": len(doc["chunks"])}
 
-    def _train_dt(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _train_dt(self, body: dict[str, Any], progress: Progress) -> dict[str, Any]:
         lay = nb.layout_for(self.params, load_schema(self.info))
         owners = []
         for path in sorted((self.state / "dt-owners").glob("*.msgpack")):
@@ -293,9 +346,6 @@ class MasterUnit:
             owners.append(dt.OwnerRecords(dtpkc.public_key_from_bytes(self.params, doc["key"]), cells, bins))
         before = self.su_stats.sent + self.su_stats.received
         start = time.perf_counter()
-
-        def progress(step: str, done: int, total: int) -> None:
-            self.progress = {"model": "dt", "step": step, "done": done, "total": total}
 
         # A checkpoint of an interrupted training over exactly these records is resumed; otherwise a stored model
         # is updated with the records it does not hold yet (unless ``fresh``); otherwise the tree is trained.
@@ -318,19 +368,15 @@ class MasterUnit:
             try:
                 model = dt.update(self.blocks(), schema, prev, owners, plan=plan, progress=progress)
             except ServiceError as exc:
-                self._drop_link()
-                raise ServiceError(f"SU failed during the update ({exc}); the stored model is unchanged: rerun "
-                                   "train") from None
+                raise _interrupted(exc, "the update", "the stored model is unchanged") from None
             result |= {"mode": "update", "new_records": plan.new_records}
         else:
             depth = body["iterations"] or resume or (prev["depth"] if prev else dt.DEPTH)
             try:
                 model = dt.train(self.blocks(), schema, owners, depth, progress=progress, checkpoint=checkpoint)
             except ServiceError as exc:
-                self._drop_link()
-                done = self.progress.get("done", 0) if self.progress.get("model") == "dt" else 0
-                raise ServiceError(f"SU failed during training ({exc}); progress is saved ({done} of "
-                                   f"{depth} levels): rerun train to resume") from None
+                done = progress.done if progress.step == "level" else 0
+                raise _interrupted(exc, "training", f"progress is saved ({done} of {depth} levels)") from None
             result |= {"mode": "full", "new_records": model["records"]}
         self._save(self.state / "models" / "dt.msgpack", model)
         self._models["dt"] = model
@@ -347,7 +393,7 @@ class MasterUnit:
                                         doc["x"], doc["stats"], doc.get("xp")))
         return out
 
-    def _train_lr(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _train_lr(self, body: dict[str, Any], progress: Progress) -> dict[str, Any]:
         owners = self._lr_owners()
         prev = None if body["fresh"] else self._load(self.state / "models" / "lr.msgpack")
         target = body["iterations"] or lr.ITERATIONS
@@ -364,8 +410,7 @@ class MasterUnit:
         before = self.su_stats.sent + self.su_stats.received
         start = time.perf_counter()
 
-        def progress(step: str, done: int, total: int) -> None:
-            self.progress = {"model": "lr", "step": step, "done": done_before + done, "total": target}
+        progress.offset = done_before
 
         def on_step(done: int, w: list[bytes]) -> None:
             checkpoint.save({"fingerprint": fingerprint, "done": done_before + done, "w": w})
@@ -374,10 +419,8 @@ class MasterUnit:
             model = lr.train(self.blocks(), self.t1(), load_lr_schema(self.info), owners, weights,
                              target - done_before, progress=progress, on_step=on_step)
         except ServiceError as exc:
-            self._drop_link()
             done = (checkpoint.load() or {}).get("done", 0)
-            raise ServiceError(f"SU failed during training ({exc}); progress is saved ({done} of {target} "
-                               "iterations): rerun train to resume") from None
+            raise _interrupted(exc, "training", f"progress is saved ({done} of {target} iterations)") from None
         model["iterations"] = target + (prev.get("iterations", 0) if prev else 0)
         model["resumed"] = bool(prev) or done_before > 0
         self._save(self.state / "models" / "lr.msgpack", model)
@@ -396,41 +439,57 @@ class MasterUnit:
                 records += doc["records"]
         return owners, records
 
-    def _train(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
+    def _train_nb(self, body: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        schema = load_schema(self.info)
+        owners, records = self._owners()
+        checkpoint = _FileCheckpoint(self.state / "checkpoints" / "nb.msgpack")
+        before = self.su_stats.sent + self.su_stats.received
+        start = time.perf_counter()
+        try:
+            model = nb.train(self.blocks(), schema, owners, checkpoint, chunk=body["chunk"] or 256, progress=progress)
+        except ServiceError as exc:
+            raise _interrupted(exc, "training", f"progress is saved ({progress.done} of {progress.total or '?'} "
+                                                "table entries)") from None
+        model["records"] = records
+        self._save(self.state / "models" / "nb.msgpack", model)
+        self._models["nb"] = model
+        return {"model": "nb", "records": records, "owners": len(owners), "resumed": model["resumed"],
+                "seconds": time.perf_counter() - start,
+                "bytes_mu_su": self.su_stats.sent + self.su_stats.received - before}
+
+    def _train(self, body: dict[str, Any], call: Call) -> dict[str, Any]:
+        """Run one training at a time; it stops (progress saved) when cancelled or when its requester leaves."""
         if body["model"] not in MODELS:
             raise InputError(f"unknown model {body['model']!r}")
-        if not self._train_lock.acquire(blocking=False):
-            raise ServiceError("a training run is already in progress")
+        run = Run(body["model"])
+        with self._run_lock:
+            if self._run is not None and self._run.active:
+                raise ServiceError(f"a training run of {self._run.model} is already in progress: `twofold he "
+                                   "cancel` stops it")
+            self._run = run
+        train = {"nb": self._train_nb, "lr": self._train_lr, "dt": self._train_dt}[body["model"]]
         try:
-            if body["model"] == "lr":
-                return self._train_lr(body)
-            if body["model"] == "dt":
-                return self._train_dt(body)
-            schema = load_schema(self.info)
-            owners, records = self._owners()
-            checkpoint = _FileCheckpoint(self.state / "checkpoints" / f"{body['model']}.msgpack")
-            before = self.su_stats.sent + self.su_stats.received
-            start = time.perf_counter()
+            result = train(body, Progress(run, call))
+        except RunCancelled as exc:
+            run.state, run.error = "cancelled", str(exc)
+            raise
+        except TwofoldError as exc:
+            run.state, run.error = "failed", str(exc)
+            raise
+        except BaseException as exc:
+            run.state, run.error = "failed", f"internal error ({type(exc).__name__})"
+            raise
+        run.state = "done"
+        return result
 
-            def progress(step: str, done: int, total: int) -> None:
-                self.progress = {"model": body["model"], "step": step, "done": done, "total": total}
-
-            try:
-                model = nb.train(self.blocks(), schema, owners, checkpoint, chunk=body["chunk"] or 256,
-                                 progress=progress)
-            except ServiceError as exc:
-                self._drop_link()
-                done = self.progress.get("done", 0)
-                raise ServiceError(f"SU failed during training ({exc}); progress is saved ({done} of "
-                                   f"{self.progress.get('total', '?')} table entries): rerun train to resume") from None
-            model["records"] = records
-            self._save(self.state / "models" / f"{body['model']}.msgpack", model)
-            self._models[body["model"]] = model
-            return {"model": body["model"], "records": records, "owners": len(owners), "resumed": model["resumed"],
-                    "seconds": time.perf_counter() - start,
-                    "bytes_mu_su": self.su_stats.sent + self.su_stats.received - before}
-        finally:
-            self._train_lock.release()
+    def _cancel(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
+        """Ask the running training to stop at its next saved step."""
+        run = self._run
+        if run is None or not run.active:
+            raise InputError("no training run is in progress")
+        run.state = "cancelling"
+        run.cancel.set()
+        return {"run": run.as_dict()}
 
     def _status(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
         owners, lr_owners, dt_owners = {}, {}, {}
@@ -448,14 +507,14 @@ class MasterUnit:
         su: dict[str, Any] = {}
         if body.get("su", True) and (self.su_address or self._su_factory):
             try:
-                su = self._link().request("su.stats", {})["result"]
-            except Exception as exc:  # status must work while SU is down
-                self._drop_link()
+                su = self._su_links.request("su.stats", {})["result"]
+            except TwofoldError as exc:  # status must work while SU is down
                 su = {"error": str(exc)}
         return {"owners": owners, "lr_owners": lr_owners, "dt_owners": dt_owners, "models": models, "links": links,
                 "pool": len(self.system_pool), "su": su, "lr_pool": len(self._t1) if self._t1 else 0,
                 "lr_online": self._t1.made_online if self._t1 else 0,
-                "progress": dict(self.progress), "bits": self.params.bits}
+                "run": self._run.as_dict() if self._run else None,
+                "progress": dict(self._run.progress) if self._run else {}, "bits": self.params.bits}
 
     def _predict(self, body: dict[str, Any], peer: tuple[str, str]) -> dict[str, Any]:
         if body["model"] not in MODELS:
@@ -463,10 +522,6 @@ class MasterUnit:
         pk = self._registered_key(peer[1], "client", body["key_id"])
         model = self.model(body["model"])
         queries = [codec.cts_from_bytes(self.params, q) for q in body["queries"]]
-        try:
-            module = {"lr": lr, "dt": dt}.get(body["model"], nb)
-            answers = module.predict(self.blocks(), model, queries, pk)
-        except ServiceError:
-            self._drop_link()
-            raise
+        module = {"lr": lr, "dt": dt}.get(body["model"], nb)
+        answers = module.predict(self.blocks(), model, queries, pk)
         return {"answers": [codec.ct_to_bytes(self.params, a) for a in answers]}

@@ -37,11 +37,13 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "error": {"code": "str", "message": "str"},
     "ok": {"result": "map"},
     "cts": {"cts": ["bytes"]},
+    "busy": {"progress": "map"},  # a heartbeat: the server is still working on the request
     # parties -> MU
     "hello": {"version": "int"},
     "upload": {"model": "str", "key_id": "bytes", "chunk": "str", "records": "int", "cts": ["bytes"]},
     "train": {"model": "str", "chunk": "int", "iterations": "int", "fresh": "bool"},
     "status": {},
+    "cancel": {},
     "predict": {"model": "str", "key_id": "bytes", "queries": [["bytes"]]},
     # MU -> SU building blocks
     "su.key_switch": {"target": "bytes", "items": _PAIRS},
@@ -75,6 +77,15 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "dt.reveal": {"items": _PAIRS, "bound": "int"},
 }
 
+# Control messages are small: a larger frame of these kinds is refused before its body is checked.
+SMALL_FRAME = 64 * 1024
+KIND_MAX_BYTES = {kind: SMALL_FRAME for kind in ("error", "busy", "hello", "train", "status", "cancel", "lr.backward",
+                                                 "lr.close", "su.stats")}
+# The most entries a list field may hold, per message kind (DEFAULT_MAX_ITEMS otherwise).
+DEFAULT_MAX_ITEMS = 1_000_000
+KIND_MAX_ITEMS = {"predict": 4096, "upload": DEFAULT_MAX_ITEMS}
+_UNPACK_LIMITS = {"max_str_len": 1 << 20, "max_array_len": DEFAULT_MAX_ITEMS, "max_map_len": 1 << 16}
+
 _ERRORS: dict[str, type[TwofoldError]] = {
     "protocol": ProtocolError, "integrity": IntegrityError, "key": KeyAccessError, "input": InputError,
     "config": ConfigError, "service": ServiceError,
@@ -100,7 +111,7 @@ def raise_remote(body: dict[str, Any]) -> None:
     raise cls(f"peer: {body['message']}")
 
 
-def _check(value: Any, spec: Spec, where: str) -> None:
+def _check(value: Any, spec: Spec, where: str, max_items: int = DEFAULT_MAX_ITEMS) -> None:
     if isinstance(spec, str):
         ok = {"bytes": lambda v: isinstance(v, bytes), "int": lambda v: type(v) is int,
               "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
@@ -111,13 +122,15 @@ def _check(value: Any, spec: Spec, where: str) -> None:
     elif isinstance(spec, list):
         if not isinstance(value, list):
             raise ProtocolError(f"field {where} must be a list")
+        if len(value) > max_items:
+            raise ProtocolError(f"field {where} holds {len(value)} entries, more than the limit of {max_items}")
         for i, item in enumerate(value):
-            _check(item, spec[0], f"{where}[{i}]")
+            _check(item, spec[0], f"{where}[{i}]", max_items)
     else:
         if not isinstance(value, dict) or set(value) != set(spec):
             raise ProtocolError(f"field {where} must be a map with exactly {sorted(spec)}")
         for key, sub in spec.items():
-            _check(value[key], sub, f"{where}.{key}")
+            _check(value[key], sub, f"{where}.{key}", max_items)
 
 
 def validate(kind: str, body: Any) -> dict[str, Any]:
@@ -125,7 +138,7 @@ def validate(kind: str, body: Any) -> dict[str, Any]:
     spec = SCHEMAS.get(kind) if isinstance(kind, str) else None
     if spec is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
-    _check(body, spec, kind)
+    _check(body, spec, kind, KIND_MAX_ITEMS.get(kind, DEFAULT_MAX_ITEMS))
     return body
 
 
@@ -148,7 +161,7 @@ def check_length(length: int, max_frame: int) -> None:
 def decode_payload(payload: bytes, expected_seq: int) -> tuple[str, dict[str, Any]]:
     """(kind, body) of a frame payload; checks version, sequence number and schema."""
     try:
-        frame = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        frame = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True, **_UNPACK_LIMITS)
     except Exception:
         raise ProtocolError("malformed frame (not msgpack)") from None
     if not isinstance(frame, dict) or set(frame) != _FRAME_KEYS:
@@ -157,4 +170,7 @@ def decode_payload(payload: bytes, expected_seq: int) -> tuple[str, dict[str, An
         raise ProtocolError(f"unsupported protocol version {frame['v']!r} (this side speaks {VERSION})")
     if type(frame["seq"]) is not int or frame["seq"] != expected_seq:
         raise ProtocolError(f"out-of-order frame: sequence {frame['seq']!r}, expected {expected_seq}")
+    limit = KIND_MAX_BYTES.get(frame["kind"]) if isinstance(frame["kind"], str) else None
+    if limit is not None and len(payload) > limit:
+        raise ProtocolError(f"a {frame['kind']} frame of {len(payload)} bytes exceeds its limit of {limit}")
     return frame["kind"], validate(frame["kind"], frame["body"])

@@ -117,9 +117,14 @@ class KeyPools:
                 self._pools.move_to_end(key)
                 return pool
         made = make()
+        dropped = []
         with self._lock:
             pool = self._pools.setdefault(key, made)
             self._pools.move_to_end(key)
             while len(self._pools) > self._limit:
-                self._pools.popitem(last=False)[1].close()  # still usable by a request holding it
+                dropped.append(self._pools.popitem(last=False)[1])
+        for old in dropped:  # outside the lock: closing stops a worker process
+            old.close()  # still usable by a request holding it
+        if made is not pool:
+            made.close()
         return pool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -9,15 +10,23 @@ from pathlib import Path
 
 from twofold.fsutil import write_private
 from twofold.he.keys import SystemInfo
-from twofold.he.mu import MasterUnit
+from twofold.he.mu import FRAME_LIMITS, MasterUnit
 from twofold.he.su import SecondaryUnit
-from twofold.he.transport import TLSServer, server_context
+from twofold.he.transport import MAX_CONNECTIONS, Timing, TLSServer, server_context
+
+log = logging.getLogger("twofold.he")
 
 
 def run(role: str, info: SystemInfo, host: str, port: int, *, su_address: str | None = None,
         state: Path | None = None, threads: int = 2, pool: int = 0, ready_file: Path | None = None,
-        exit_after: int | None = None, lr_pool: int = 0) -> None:
-    """Serve until SIGTERM or SIGINT. MU never opens su/ and SU never opens mu/."""
+        exit_after: int | None = None, lr_pool: int = 0, timing: Timing | None = None,
+        max_connections: int = MAX_CONNECTIONS) -> None:
+    """Serve until SIGTERM or SIGINT. MU never opens su/ and SU never opens mu/.
+
+    Prints ``ready HOST:PORT`` on stdout once it accepts connections (the ready line every twofold service
+    prints) and writes the port to ``ready_file`` if one is given."""
+    timing = timing or Timing()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every thread's stack
     logging.basicConfig(level=logging.WARNING, format=f"twofold-{role}: %(message)s", stream=sys.stderr,
                         force=True)
     cert, key = info.tls_files(role)
@@ -30,11 +39,12 @@ def run(role: str, info: SystemInfo, host: str, port: int, *, su_address: str | 
             unit.system_pool.start_background(pool)
         if lr_pool:
             unit.t1().start_background(lr_pool)
-        server = TLSServer(host, port, ctx, unit.handle, ("mu",))
+        server = TLSServer(host, port, ctx, unit.handle, ("mu",), timing=timing, max_connections=max_connections)
     else:
         mu = MasterUnit(info, state or info.root / "mu-state", su_address, threads=threads, pool_target=pool,
-                        lr_pool_target=lr_pool)
-        server = TLSServer(host, port, ctx, mu.handle, ("owner", "client", "admin"), stats=mu.link_stats)
+                        lr_pool_target=lr_pool, peer_timeout=timing.peer_timeout)
+        server = TLSServer(host, port, ctx, mu.handle, ("owner", "client", "admin"), stats=mu.link_stats,
+                           timing=timing, max_connections=max_connections, frame_limits=FRAME_LIMITS)
 
     def stop(signum: int, frame: object) -> None:
         server.stop()
@@ -43,5 +53,7 @@ def run(role: str, info: SystemInfo, host: str, port: int, *, su_address: str | 
     signal.signal(signal.SIGINT, stop)
     if ready_file is not None:
         write_private(Path(ready_file), f"{server.port}\n".encode())
-    print(f"twofold he {role} listening on {host}:{server.port}", flush=True)
+    print(f"ready {host}:{server.port}", flush=True)
+    log.warning("twofold he %s listening on %s:%d (heartbeat %.1f s, peer timeout %.1f s, at most %d links)", role,
+                host, server.port, timing.heartbeat, timing.peer_timeout, max_connections)
     server.serve_forever()

@@ -17,6 +17,7 @@ from twofold.errors import InputError, KeyAccessError, ProtocolError
 from twofold.he import codec, fastexp, su_dt
 from twofold.he.keys import SystemInfo
 from twofold.he.randomness import KeyPools, PairPool
+from twofold.he.transport import Call
 
 MAX_ITEMS = 1_000_000
 MAX_SESSIONS = 4
@@ -56,7 +57,8 @@ class SecondaryUnit:
 
     # ------------------------------------------------------------------------------------------- plumbing
 
-    def handle(self, kind: str, body: dict[str, Any], peer: tuple[str, str]) -> tuple[str, dict[str, Any]]:
+    def handle(self, kind: str, body: dict[str, Any], peer: tuple[str, str],
+               call: Call | None = None) -> tuple[str, dict[str, Any]]:
         if peer[0] != "mu":
             raise KeyAccessError(f"only MU may call SU, not {peer[0]} {peer[1]}")
         handler = self._handlers.get(kind)
