@@ -38,7 +38,7 @@ def encrypted_predictions(crypto, blocks, lay, schema, model, rows) -> list[int]
 def recording_su_openings(su, seen: list[dict[str, list[int]]]):
     """A handler for ``local_pair`` that records, per message kind, every value SU opens into ``seen[-1]``."""
     current = [""]
-    original = su._open
+    original = su.open
 
     def spy(items):
         values = original(items)
@@ -49,11 +49,11 @@ def recording_su_openings(su, seen: list[dict[str, list[int]]]):
         current[0] = kind
         return su.handle(kind, body, peer, call)
 
-    su._open = spy
+    su.open = spy
     try:
         yield handler
     finally:
-        su._open = original
+        su.open = original
 
 
 def twice_recorded(crypto, su, system_pool, run) -> tuple[list, list[dict[str, list[int]]]]:

@@ -96,21 +96,21 @@ def test_su_sees_only_blinded_values(crypto, su, system_pool, t1, data):
     owners = [owner_data(crypto, schema, rows[:24], ys[:24], crypto.owner),
               owner_data(crypto, schema, rows[24:], ys[24:], crypto.owner, partials=True)]  # PSDec1 from upload
     seen: list[list[int]] = []
-    original = su._open
+    original = su.open
 
     def spy(items):
         values = original(items)
         seen[-1].extend(values)
         return values
 
-    su._open = spy
+    su.open = spy
     try:
         for _ in range(2):
             seen.append([])
             lr.train(Blocks(local_pair(su.handle), crypto.share1, system_pool, threads=1), t1, schema, owners, None,
                      iterations=1)
     finally:
-        su._open = original
+        su.open = original
     assert len(seen[0]) == len(seen[1]) > 0
     assert not set(seen[0]) & set(seen[1])
     lay = lr.layout_for(crypto.params, schema)

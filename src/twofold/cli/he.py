@@ -197,10 +197,9 @@ def predict(system_dir: Path, mu_address: str, client_name: str, model: str, dat
             batch: int, peer_timeout: float) -> None:
     """Classify DATA's rows with encrypted queries; print one predicted class per line."""
     from twofold.he.client import read_csv
-    from twofold.he.mu import load_schema
 
     party = _party(system_dir, client_name, mu_address, peer_timeout)
-    schema = load_schema(party.info)
+    schema = party.schema(model)
     rows, labels = read_csv(data, schema.features, label)
     with progress_bar("querying", len(rows)) as advance:
         predictions = party.predict(rows, model=model, batch=batch, progress=advance)

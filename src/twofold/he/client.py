@@ -12,8 +12,7 @@ from twofold.crypto import dtpkc
 from twofold.errors import InputError
 from twofold.he import codec
 from twofold.he.keys import SystemInfo
-from twofold.he.models import dt, lr, nb
-from twofold.he.mu import load_lr_schema, load_schema
+from twofold.he.models import base
 from twofold.he.randomness import PairPool
 from twofold.he.transport import PEER_TIMEOUT_S, Channel, LinkStats, Progress, client_context, connect
 
@@ -97,58 +96,40 @@ class Party:
 
     # ---------------------------------------------------------------------------------------------- owner
 
-    def _encoder(self, model: str) -> tuple[Any, Callable[[list[float], str], list[dtpkc.Ciphertext]]]:
-        pool = self.pool()
-        if model == "lr":
-            lschema = load_lr_schema(self.info)
-            llay = lr.layout_for(self.params, lschema)
-            return lschema, lambda row, y: lr.encrypt_record(pool.encrypt, llay, lschema.encode_row(row),
-                                                             lschema.class_index(y))
-        schema = load_schema(self.info)
-        lay = nb.layout_for(self.params, schema)
-        return schema, lambda row, y: nb.encrypt_record(pool.encrypt, lay, schema.bin_row(row),
-                                                        schema.class_index(y))
+    def schema(self, model: str) -> Any:
+        """The public schema of ``model`` (binning, standardization) that this party encodes with."""
+        return base.model(model).load_schema(self.info.public)
 
     def upload(self, path: Path, label: str, *, chunk_records: int = 64, model: str = "nb",
                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Encrypt every record of a CSV under this owner's key and upload it in chunks (per model)."""
-        schema, encode = self._encoder(model)
+        """Encrypt every record of a CSV under this owner's key and upload it in chunks (in the model's encoding)."""
+        plugin = base.model(model)
+        schema = plugin.load_schema(self.info.public)
         if label != schema.label:
             raise InputError(f"the schema's label column is {schema.label!r}, not {label!r}")
         rows, labels = read_csv(path, schema.features, label)
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
         result: dict[str, Any] = {}
+        encrypt = self.pool().encrypt
         with self.connect() as channel:
             for index, start in enumerate(range(0, len(rows), chunk_records)):
-                cts = []
-                batch = range(start, min(len(rows), start + chunk_records))
-                if model == "dt":  # count vectors, then the chunk's bins packed per feature
-                    lay = nb.layout_for(self.params, schema)
-                    cts = dt.encrypt_chunk(self.pool().encrypt, lay, [schema.bin_row(rows[i]) for i in batch],
-                                           [schema.class_index(labels[i]) for i in batch])  # type: ignore[index]
-                for i in batch if model != "dt" else ():
-                    cts += encode(rows[i], labels[i])  # type: ignore[index]
+                part = slice(start, start + chunk_records)
+                cts = plugin.encrypt_upload(encrypt, self.params, schema, rows[part], labels[part])  # type: ignore[index]
                 body = {"model": model, "key_id": codec.key_id(self.keys.public), "chunk": f"{digest}-{index}",
-                        "records": len(batch), "cts": [codec.ct_to_bytes(self.params, c) for c in cts]}
+                        "records": len(rows[part]), "cts": [codec.ct_to_bytes(self.params, c) for c in cts]}
                 result = channel.request("upload", body)["result"]
                 if progress:
-                    progress(len(batch))
+                    progress(len(rows[part]))
         return result
 
     # --------------------------------------------------------------------------------------------- client
 
     def encrypt_queries(self, rows: list[list[float]], model: str = "nb") -> tuple[Any, list[list[bytes]]]:
-        pool = self.pool()
-        if model == "lr":
-            lschema = load_lr_schema(self.info)
-            llay = lr.layout_for(self.params, lschema)
-            return lschema, [[codec.ct_to_bytes(self.params, c)
-                              for c in lr.encrypt_query(pool.encrypt, llay, lschema.encode_row(r))] for r in rows]
-        schema = load_schema(self.info)
-        lay = nb.layout_for(self.params, schema)
-        queries = [[codec.ct_to_bytes(self.params, c) for c in nb.encrypt_query(pool.encrypt, lay, schema.bin_row(r))]
-                   for r in rows]
-        return schema, queries
+        plugin = base.model(model)
+        schema = plugin.load_schema(self.info.public)
+        encrypt = self.pool().encrypt
+        return schema, [[codec.ct_to_bytes(self.params, c) for c in plugin.encrypt_query(encrypt, self.params, schema,
+                                                                                        row)] for row in rows]
 
     def predict(self, rows: list[list[float]], *, model: str = "nb", batch: int = 16,
                 progress: Callable[[int], None] | None = None) -> list[str]:

@@ -1,8 +1,10 @@
 """SU, the secondary computation unit: holds the strong-key share lambda2 and answers MU's building blocks.
 
 SU only ever decrypts values MU has blinded (additively with statistical masks, or multiplicatively with
-log-uniform factors) and returns fresh encryptions; it keeps no per-request state, so a restarted SU serves the
-next request as if nothing happened. Every ciphertext it returns is freshly encrypted or re-randomized.
+log-uniform factors) and returns fresh encryptions; it keeps no per-request state except a bounded table of
+training sessions, so a restarted SU serves the next request as if nothing happened (a lost session makes MU
+rerun or resume the training). Every ciphertext it returns is freshly encrypted or re-randomized. The generic
+building blocks are served here; each model plug-in (:mod:`twofold.he.models.base`) adds its own message kinds.
 """
 
 from __future__ import annotations
@@ -10,17 +12,32 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from twofold.crypto import dtpkc
 from twofold.errors import InputError, KeyAccessError, ProtocolError
-from twofold.he import codec, fastexp, su_dt
+from twofold.he import codec, fastexp
 from twofold.he.keys import SystemInfo
+from twofold.he.models import base
 from twofold.he.randomness import KeyPools, PairPool
 from twofold.he.transport import Call
 
 MAX_ITEMS = 1_000_000
 MAX_SESSIONS = 4
+
+
+class Sessions(OrderedDict):
+    """Per-run state kept by SU (Priv-LR's opened share); beyond ``limit`` entries the oldest is dropped."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            self.popitem(last=False)
 
 
 class SecondaryUnit:
@@ -45,14 +62,13 @@ class SecondaryUnit:
             "hello": self._hello, "su.key_switch": self._key_switch, "su.mul": self._mul,
             "su.compare": self._compare, "su.shares_mulpack": self._shares_mulpack, "su.log_pack": self._log_pack,
             "su.select_sum": self._select_sum, "su.argmax": self._argmax, "su.stats": self._stats,
-            "lr.load": self._lr_load, "lr.forward": self._lr_forward, "lr.sigmoid": self._lr_sigmoid,
-            "lr.backward": self._lr_backward, "lr.scale": self._lr_scale, "lr.dot": self._lr_dot,
-            "lr.close": self._lr_close,
-            "dt.unpack": lambda b: su_dt.unpack(self, b), "dt.select": lambda b: su_dt.select(self, b),
-            "dt.pick": lambda b: su_dt.pick(self, b), "dt.reveal": lambda b: su_dt.reveal(self, b),
-            "dt.mul": lambda b: su_dt.mul(self, b), "dt.duel": lambda b: su_dt.duel(self, b),
         }
-        self._sessions: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        for plugin in base.REGISTRY.values():
+            for kind, fn in plugin.su_handlers().items():
+                if kind in self._handlers:
+                    raise ValueError(f"two handlers for {kind}")
+                self._handlers[kind] = lambda body, fn=fn: fn(self, body)
+        self._sessions = Sessions(MAX_SESSIONS)
         self._t1: fastexp.T1Source | None = None
 
     # ------------------------------------------------------------------------------------------- plumbing
@@ -88,13 +104,16 @@ class SecondaryUnit:
 
         return self._pools.get(key, make)
 
-    def _open(self, items: list[list[bytes]]) -> list[int]:
+    def sessions(self) -> Sessions:
+        return self._sessions
+
+    def open(self, items: list[list[bytes]]) -> list[int]:
         if len(items) > MAX_ITEMS:
             raise ProtocolError("too many items")
         cts, parts = codec.load_pairs(self.params, items)
         return codec.psdec2_many(self.share, cts, parts, self.threads)
 
-    def _out(self, cts: list[dtpkc.Ciphertext]) -> tuple[str, dict[str, Any]]:
+    def out(self, cts: Sequence[dtpkc.Ciphertext]) -> tuple[str, dict[str, Any]]:
         return "cts", {"cts": [codec.ct_to_bytes(self.params, c) for c in cts]}
 
     # ----------------------------------------------------------------------------------------- the blocks
@@ -111,7 +130,7 @@ class SecondaryUnit:
     def _key_switch(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Decrypt x + r (r uniform mod N, so x is perfectly hidden) and re-encrypt under the target key."""
         pool = self.pool_for(body["target"])
-        return self._out([pool.encrypt(v) for v in self._open(body["items"])])
+        return self.out([pool.encrypt(v) for v in self.open(body["items"])])
 
     def _mul(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """(a + r)(b + s) mod N under the system key, from two additively blinded operands."""
@@ -120,15 +139,15 @@ class SecondaryUnit:
             if len(item) != 4:
                 raise ProtocolError("mul items are (ct_a, p_a, ct_b, p_b)")
             flat += [item[0:2], item[2:4]]
-        values = self._open(flat)
+        values = self.open(flat)
         n = int(self.params.n)
-        return self._out([self.system_pool.encrypt(values[i] * values[i + 1] % n) for i in range(0, len(values), 2)])
+        return self.out([self.system_pool.encrypt(values[i] * values[i + 1] % n) for i in range(0, len(values), 2)])
 
     def _compare(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Enc([v >= 0]) for v = r1 * (+-(a - b)) + r2: SU sees a sign MU has flipped at random."""
         pool = self.pool_for(body["target"])
         n = self.params.n
-        return self._out([pool.encrypt(1 if codec.signed(v, n) >= 0 else 0) for v in self._open(body["items"])])
+        return self.out([pool.encrypt(1 if codec.signed(v, n) >= 0 else 0) for v in self.open(body["items"])])
 
     def _shares_mulpack(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Open blinded packed counts into SU's shares d, then V_g = prod_i Q_i^(d_cell_i) * C_g, re-randomized."""
@@ -137,7 +156,7 @@ class SecondaryUnit:
             raise ProtocolError("bad packing parameters")
         shares: list[int] | None = None
         for owner_items in body["counts"]:
-            values = [s for v in self._open(owner_items) for s in codec.unpack(v, width, slots)]
+            values = [s for v in self.open(owner_items) for s in codec.unpack(v, width, slots)]
             shares = values if shares is None else [a + b for a, b in zip(shares, values, strict=False)]
             if len(values) != len(shares):
                 raise ProtocolError("owners' count vectors differ in length")
@@ -158,7 +177,7 @@ class SecondaryUnit:
                 term = dtpkc.scalar_mul(self.params, qi, d)
                 acc = dtpkc.Ciphertext(acc.t1 * term.t1 % n_sq, acc.t2 * term.t2 % n_sq)
             out.append(self.system_pool.rerandomize(acc))
-        return self._out(out)
+        return self.out(out)
 
     def _log_pack(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Logarithms of multiplicatively blinded values, combined and packed as MU asks, freshly encrypted."""
@@ -167,7 +186,7 @@ class SecondaryUnit:
             raise ProtocolError("bad packing parameters")
         if len(body["gids"]) != len(body["groups"]):
             raise ProtocolError("gids and groups differ in length")
-        values = self._open(body["groups"])
+        values = self.open(body["groups"])
         logs: dict[int, int] = {}
         for gid, v in zip(body["gids"], values, strict=True):
             for s, x in enumerate(codec.unpack(v, vwidth, group)):
@@ -186,7 +205,7 @@ class SecondaryUnit:
                     total += term[1] * logs[term[0]]
                 slots.append(total)
             out.append(self.system_pool.encrypt(codec.pack(slots, width)))
-        return self._out(out)
+        return self.out(out)
 
     def _select_sum(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Per query: open the rotated indices t_j = z_j mod B and sum the table entries MU sent in that order."""
@@ -199,7 +218,7 @@ class SecondaryUnit:
         for query in body["queries"]:
             if len(query["table"]) != features * bins:
                 raise ProtocolError("table size does not match features x bins")
-            zs = [z for v in self._open(query["q"]) for z in codec.unpack(v, qwidth, per_ct)][:features]
+            zs = [z for v in self.open(query["q"]) for z in codec.unpack(v, qwidth, per_ct)][:features]
             if len(zs) != features:
                 raise ProtocolError("query has too few slots")
             acc = None
@@ -207,7 +226,7 @@ class SecondaryUnit:
                 ct = codec.ct_from_bytes(self.params, query["table"][j * bins + z % bins])
                 acc = ct if acc is None else dtpkc.Ciphertext(acc.t1 * ct.t1 % n_sq, acc.t2 * ct.t2 % n_sq)
             out.append(self.system_pool.rerandomize(acc))  # type: ignore[arg-type]
-        return self._out(out)
+        return self.out(out)
 
     def _argmax(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Open affinely blinded, rotated packed scores; return the one-hot of the largest slot under the target."""
@@ -216,135 +235,13 @@ class SecondaryUnit:
             raise ProtocolError("bad argmax parameters")
         pool = self.pool_for(body["target"])
         out = []
-        for v in self._open(body["items"]):
+        for v in self.open(body["items"]):
             slots = codec.unpack(v, width, classes)
             k = max(range(classes), key=lambda i: slots[i])
             out += [pool.encrypt(1 if i == k else 0) for i in range(classes)]
-        return self._out(out)
-
-    # ----------------------------------------------------------------------------------------- Priv-LR
+        return self.out(out)
 
     def t1(self) -> fastexp.T1Source:
         if self._t1 is None:
             self._t1 = fastexp.T1Source(self.system_pk)
         return self._t1
-
-    def _session(self, sid: str) -> dict[str, Any]:
-        if sid not in self._sessions:
-            raise InputError("unknown or expired Priv-LR session (SU restarted?): rerun train")
-        return self._sessions[sid]
-
-    def _rows(self, body: dict[str, Any]) -> list[list[int]]:
-        """Open blinded packed records into rows [2^FX, x_1 + m_1, ...] (SU's additive share)."""
-        from twofold.he.models.lr import FX
-
-        cols, width, slots, per = body["cols"], body["width"], body["slots"], body["per"]
-        if not 1 <= cols <= 4096 or slots < 1 or slots * width >= self.params.bits or per != -(-cols // slots):
-            raise ProtocolError("bad record layout")
-        values = self._open(body["x"])
-        if len(values) % per:
-            raise ProtocolError("records are not whole")
-        rows = []
-        for r in range(0, len(values), per):
-            flat = [v for x in values[r:r + per] for v in codec.unpack(x, width, slots)]
-            rows.append([1 << FX, *flat[:cols]])
-        return rows
-
-    def _lr_load(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Keep the opened share A = X + M' for the session, in parts (``first`` starts the session, later parts
-        append rows, so MU prepares the next part while SU opens this one); return the opened label statistics
-        re-encrypted."""
-        swidth, sslots, sid = body["swidth"], body["sslots"], body["session"]
-        if sslots < 1 or swidth * sslots >= self.params.bits:
-            raise ProtocolError("bad statistics layout")
-        if body["first"] == (sid in self._sessions):
-            raise InputError("Priv-LR session already started" if body["first"] else
-                             "unknown or expired Priv-LR session (SU restarted?): rerun train")
-        rows = self._rows(body)
-        if not rows and body["first"]:
-            raise InputError("no records to train on")
-        if not body["first"] and rows and len(rows[0]) != len(self._sessions[sid]["a"][0]):
-            raise ProtocolError("records do not match the session's columns")
-        t1 = self.t1()
-        out = [t1.encrypt(v) for x in self._open(body["stats"]) for v in codec.unpack(x, swidth, sslots)]
-        if not body["first"]:
-            self._sessions[sid]["a"] += rows
-            self._sessions[sid].pop("columns", None)
-            return self._out(out)
-        self._sessions[sid] = {"a": rows, "e": None}
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
-        return self._out(out)
-
-    def _lr_forward(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """[A_i . w] for every stored row, re-randomized."""
-        rows = self._session(body["session"])["a"]
-        w = codec.cts_from_bytes(self.params, body["w"])
-        if len(w) != len(rows[0]):
-            raise ProtocolError("weights do not match the session's columns")
-        t1 = self.t1()
-        return self._out([t1.rerandomize(c) for c in fastexp.t1_multiexp(w, rows, self.params)])
-
-    def _lr_sigmoid(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Open s = z + r; [e] = sum_k c_k (sin(h s') [cos(h r')] - cos(h s') [sin(h r')]) by angle addition."""
-        session = self._session(body["session"])
-        n = len(session["a"])
-        zwidth, zslots, period, harmonics, coef = (body[k] for k in ("zwidth", "zslots", "period", "harmonics",
-                                                                    "coef"))
-        if zslots < 1 or zwidth * zslots >= self.params.bits or period < 2 or not 1 <= len(harmonics) <= 16 \
-                or len(coef) != len(harmonics) or any(abs(c) >= 1 << 32 for c in coef) \
-                or any(not 1 <= h <= 1 << 16 for h in harmonics):
-            raise ProtocolError("bad sigmoid parameters")
-        s = [v for x in self._open(body["z"]) for v in codec.unpack(x, zwidth, zslots)][:n]
-        trig = codec.cts_from_bytes(self.params, body["trig"])
-        k = len(harmonics)
-        if len(s) != n or len(trig) != 2 * k * n:
-            raise ProtocolError("sigmoid inputs do not match the session")
-        from twofold.he.models.lr import angle_sums
-
-        exps = []
-        for v in s:
-            phase = 2 * math.pi * (v % period) / period
-            row = []
-            for h, c in zip(harmonics, coef, strict=True):
-                row += [round(c * math.sin(h * phase)), -round(c * math.cos(h * phase))]
-            exps.append(row)
-        t1 = self.t1()
-        out = [t1.rerandomize(c) for c in angle_sums(trig, exps, max(abs(c) for c in coef), self.params)]
-        session["e"] = out
-        return self._out(out)
-
-    def _lr_backward(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """[A^T e] from the session's share and its last sigmoid values."""
-        session = self._session(body["session"])
-        if session["e"] is None:
-            raise InputError("no sigmoid values in this session yet")
-        if "columns" not in session:
-            session["columns"] = [list(col) for col in zip(*session["a"], strict=True)]
-        t1 = self.t1()
-        return self._out([t1.rerandomize(c) for c in fastexp.t1_multiexp_buckets(session["e"], session["columns"],
-                                                                                 self.params)])
-
-    def _lr_scale(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Enc(floor(v * mult / 2^shift)) for each opened blinded slot v."""
-        width, slots, count, mult, shift = (body[k] for k in ("width", "slots", "count", "mult", "shift"))
-        if slots < 1 or width * slots >= self.params.bits or not 0 < mult < 1 << 64 or not 0 <= shift <= 1024:
-            raise ProtocolError("bad scaling parameters")
-        values = [v for x in self._open(body["items"]) for v in codec.unpack(x, width, slots)][:count]
-        if len(values) != count:
-            raise ProtocolError("too few slots")
-        t1 = self.t1()
-        return self._out([t1.encrypt((v * mult) >> shift) for v in values])
-
-    def _lr_dot(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """[(x + m) . w] for opened blinded queries (no state kept)."""
-        rows = self._rows(body)
-        w = codec.cts_from_bytes(self.params, body["w"])
-        if rows and len(w) != len(rows[0]):
-            raise ProtocolError("weights do not match the queries")
-        t1 = self.t1()
-        return self._out([t1.rerandomize(c) for c in fastexp.t1_multiexp(w, rows, self.params)])
-
-    def _lr_close(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        self._sessions.pop(body["session"], None)
-        return "ok", {"result": {}}

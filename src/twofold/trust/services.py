@@ -105,11 +105,13 @@ ENCLAVE_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THR
 
 
 def start_kbs(keystore_dir: Path, policy_path: Path, audit_path: Path, port: int = 0,
-              env: dict[str, str] | None = None, log_path: Path | None = None) -> ServiceProcess:
-    """The owner's key broker on loopback; the passphrase travels in the environment, never in argv."""
+              env: dict[str, str] | None = None, log_path: Path | None = None,
+              extra: tuple[str, ...] = ()) -> ServiceProcess:
+    """The owner's key broker on loopback; the passphrase travels in the environment, never in argv. ``extra``
+    holds further `kbs serve` options (its limits)."""
     return ServiceProcess("key broker", ["kbs", "serve", "--keystore", str(keystore_dir), "--policy",
                                          str(policy_path), "--audit-log", str(audit_path), "--host", "127.0.0.1",
-                                         "--port", str(port)], env=env, log_path=log_path)
+                                         "--port", str(port), *extra], env=env, log_path=log_path)
 
 
 def start_enclave(socket_path: Path, kbs_url: str, env: dict[str, str] | None = None, cache_mib: int = 1024,

@@ -29,8 +29,8 @@ import math
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import gmpy2
 import numpy as np
@@ -40,6 +40,7 @@ from twofold.crypto import dtpkc
 from twofold.errors import InputError, ProtocolError
 from twofold.he import codec, fastexp
 from twofold.he.blocks import Blocks
+from twofold.he.models.schema import ClassSchema
 
 FX = 8  # feature fraction bits
 FW = 16  # weight fraction bits
@@ -85,12 +86,11 @@ def sigmoid_approx(z: float) -> float:
 
 
 @dataclass(frozen=True)
-class LRSchema:
+class LRSchema(ClassSchema):
     """Public standardization: feature names, label, the two classes, means and deviations."""
 
-    features: list[str]
-    label: str
-    classes: list[str]
+    MODEL: ClassVar[str] = "lr"
+
     mean: list[float]
     std: list[float]
 
@@ -108,22 +108,10 @@ class LRSchema:
             out.append(max(-XMAX, min(XMAX - 1, round(max(-CLIP, min(CLIP, v)) * (1 << FX)))))
         return out
 
-    def class_index(self, value: str) -> int:
-        try:
-            return self.classes.index(str(value))
-        except ValueError:
-            raise InputError(f"label {value!r} is not one of the schema's classes") from None
-
-    def to_json(self) -> str:
-        return json.dumps({"model": "lr", **asdict(self)}, indent=1)
-
     @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> LRSchema:
-        try:
-            return cls([str(f) for f in doc["features"]], str(doc["label"]), [str(c) for c in doc["classes"]],
-                       [float(x) for x in doc["mean"]], [float(x) for x in doc["std"]])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"malformed LR schema: {exc}") from None
+    def _fields(cls, doc: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._fields(doc), "mean": [float(x) for x in doc["mean"]],
+                "std": [float(x) for x in doc["std"]]}
 
 
 def fit_schema(features: list[str], label: str, xs: Sequence[Sequence[float]], ys: Sequence[str]) -> LRSchema:

@@ -29,13 +29,14 @@ import json
 import math
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from twofold.crypto import dtpkc
 from twofold.errors import InputError, ProtocolError
 from twofold.he import codec
 from twofold.he.blocks import Blocks, log_uniform
+from twofold.he.models.schema import ClassSchema
 
 COUNT_BITS = 20  # at most 2^20 - 1 training records in total
 FRAC_BITS = 16
@@ -47,12 +48,11 @@ PRIOR_ALPHA = 1
 
 
 @dataclass(frozen=True)
-class Schema:
+class Schema(ClassSchema):
     """Public model description: features, label, classes and the agreed bin edges of every feature."""
 
-    features: list[str]
-    label: str
-    classes: list[str]
+    MODEL: ClassVar[str] = "nb"
+
     edges: list[list[float]]
 
     def __post_init__(self) -> None:
@@ -70,26 +70,9 @@ class Schema:
     def bin_row(self, row: Sequence[float]) -> list[int]:
         return [bisect.bisect_right(e, float(x)) for e, x in zip(self.edges, row, strict=True)]
 
-    def class_index(self, value: str) -> int:
-        try:
-            return self.classes.index(str(value))
-        except ValueError:
-            raise InputError(f"label {value!r} is not one of the schema's classes") from None
-
-    def to_json(self) -> str:
-        return json.dumps({"model": "nb", **asdict(self)}, indent=1)
-
     @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> Schema:
-        try:
-            return cls([str(f) for f in doc["features"]], str(doc["label"]), [str(c) for c in doc["classes"]],
-                       [[float(x) for x in e] for e in doc["edges"]])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"malformed schema: {exc}") from None
-
-    @property
-    def fingerprint(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+    def _fields(cls, doc: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._fields(doc), "edges": [[float(x) for x in e] for e in doc["edges"]]}
 
 
 def fit_schema(features: list[str], label: str, xs: Sequence[Sequence[float]], ys: Sequence[str],
