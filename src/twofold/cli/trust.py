@@ -58,14 +58,28 @@ def kbs() -> None:
               help="Append-only audit log (default: kbs-audit.jsonl in the keystore directory).")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--auth-burst", type=click.IntRange(min=1), default=None,
+              help="Challenges one client address may take at once [default: 200].")
+@click.option("--auth-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Challenges per second a client address earns back [default: 100].")
+@click.option("--max-pending-per-address", type=click.IntRange(min=1), default=None,
+              help="Pending challenges per client address; a new one evicts its oldest [default: 256].")
+@click.option("--max-pending", type=click.IntRange(min=1), default=None,
+              help="Pending challenges in all; when full, the address holding the most loses its oldest "
+                   "[default: 10000].")
+@click.option("--max-grants", type=click.IntRange(min=1), default=None,
+              help="Live tokens; when full, the oldest is dropped and its enclave attests again [default: 100000].")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
+              help="Requests handled at once; beyond it the broker answers 503 [default: 512].")
 def kbs_serve(keystore_dir: Path, policy_path: Path, host: str, port: int, audit_log: Path | None,
-              tls_cert: Path | None, tls_key: Path | None) -> None:
+              tls_cert: Path | None, tls_key: Path | None, **limits: float | None) -> None:
     """Serve attestation-gated key release until interrupted."""
     from twofold.keys.broker.audit import AuditLog
-    from twofold.keys.broker.server import KeyBroker, serve
+    from twofold.keys.broker.server import KeyBroker, Limits, serve
     from twofold.trust.policy import load_policy
 
     _serve_logging("kbs")
+    bounds = Limits(**{name: value for name, value in limits.items() if value is not None})  # type: ignore[arg-type]
     policy = load_policy(policy_path)
     store = unlock(keystore_dir)
     context = None
@@ -84,7 +98,7 @@ def kbs_serve(keystore_dir: Path, policy_path: Path, host: str, port: int, audit
         info(f"key broker for keystore {store.keystore_id} listening on {url}")
 
     try:
-        asyncio.run(serve(KeyBroker(store, policy, audit), host, port, context, ready))
+        asyncio.run(serve(KeyBroker(store, policy, audit, bounds), host, port, context, ready))
     except KeyboardInterrupt:
         pass
     finally:
@@ -106,12 +120,16 @@ def enclave() -> None:
 @click.option("--cache-mib", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Plaintext partition cache budget.")
 @click.option("--idle-exit", type=click.IntRange(min=1), default=None, help="Exit after this many idle seconds.")
+@click.option("--heartbeat", "heartbeat_s", type=click.FloatRange(min=0.05, max=60.0), default=5.0,
+              show_default=True, help="Seconds between busy-heartbeats sent while an ecall runs.")
+@click.option("--max-connections", type=click.IntRange(min=1, max=4096), default=64, show_default=True,
+              help="Connections served at once; more are refused with an error.")
 def enclave_serve(socket_path: Path, kbs_url: str, kbs_ca: Path | None, platform_key: Path | None,
-                  cache_mib: int, idle_exit: int | None) -> None:
+                  cache_mib: int, idle_exit: int | None, heartbeat_s: float, max_connections: int) -> None:
     """Attest to the key broker, then serve ecalls on a Unix socket until terminated."""
     import signal
 
-    from twofold.enclave.runtime import serve, start_state
+    from twofold.enclave.runtime import Limits, serve, start_state
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # until the event loop installs its own
     _serve_logging("enclave")
@@ -124,7 +142,8 @@ def enclave_serve(socket_path: Path, kbs_url: str, kbs_ca: Path | None, platform
              f"attested; serving on {socket_path}")
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(state, socket_path, ready, idle_exit_s=idle_exit))
+        asyncio.run(serve(state, socket_path, ready, idle_exit_s=idle_exit,
+                          limits=Limits(heartbeat_s=heartbeat_s, max_connections=max_connections)))
 
 
 @enclave.command("platform-key")

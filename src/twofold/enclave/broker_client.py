@@ -8,17 +8,25 @@ Protocol (JSON over HTTP(S), in the style of the Confidential Containers KBS):
 
 Each released key is sealed to the enclave's ephemeral X25519 key with HPKE, bound to the token and context.
 A rejected token (the broker restarted, or the token expired) triggers one fresh attestation.
+Every call (``attest``, ``unwrap_many``) has a deadline (``timeout_s``, 30 s by default) that covers its requests
+and their retries; a 429 (or a 503 with ``Retry-After``) is waited out as the broker asks, a bounded number of
+times, and anything else that does not finish in time is a ServiceError.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import math
+import random
 import ssl
 import threading
-import urllib.error
-import urllib.request
+import time
+import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -28,7 +36,9 @@ from twofold.crypto.hpke_seal import open_sealed_to
 from twofold.errors import AttestationError, ConfigError, KeyAccessError, ProtocolError, ServiceError, TwofoldError
 
 API = "/v1"
-TIMEOUT_S = 30.0
+TIMEOUT_S = 30.0  # the deadline of one operation (attest, or unwrap_many with its re-attestation), retries included
+MAX_TRIES = 8  # attempts at one request while the broker answers 429/503 with a wait
+MAX_REPLY = 16 << 20
 
 
 def release_info(token: str, context: bytes) -> bytes:
@@ -36,20 +46,37 @@ def release_info(token: str, context: bytes) -> bytes:
     return b"twofold-kbs-release-v1\x00" + token.encode() + b"\x00" + context
 
 
+@dataclass(frozen=True)
+class _Granted:
+    token: str
+    keystore_id: str
+    owner_public_key: X25519PublicKey
+
+
 class BrokerSession:
-    """An attested session with a key broker; implements the unwrap half of KeyWrapper."""
+    """An attested session with a key broker; implements the unwrap half of KeyWrapper.
+
+    No HTTP runs under the session's lock: an attestation runs unlocked and only publishing its token is locked.
+    Callers that find no token share one attestation in flight (a Future waited on without the lock).
+    """
 
     def __init__(self, url: str, measurement: str, evidence_for: Callable[[str, bytes], Evidence],
-                 *, ca_file: str | None = None) -> None:
+                 *, ca_file: str | None = None, timeout_s: float = TIMEOUT_S, max_tries: int = MAX_TRIES) -> None:
         self._url = url.rstrip("/")
-        if not self._url.startswith(("http://", "https://")):
+        parsed = urllib.parse.urlsplit(self._url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ConfigError(f"key broker URL must be http:// or https://, not {url!r}")
+        if not timeout_s > 0 or max_tries < 1:
+            raise ConfigError("a key-broker session needs a positive deadline and at least one try")
+        self._parsed = parsed
         self._measurement = measurement
         self._evidence_for = evidence_for
-        self._context = ssl.create_default_context(cafile=ca_file) if self._url.startswith("https") else None
+        self._context = ssl.create_default_context(cafile=ca_file) if parsed.scheme == "https" else None
+        self._timeout_s, self._max_tries = timeout_s, max_tries
         self._lock = threading.Lock()
         self._private = X25519PrivateKey.generate()
         self._token: str | None = None
+        self._flight: Future[str] | None = None
         self.keystore_id = ""
         self.owner_public_key: X25519PublicKey | None = None
         self.attestations = 0
@@ -60,33 +87,72 @@ class BrokerSession:
 
     def attest(self) -> None:
         """Run challenge -> evidence -> token. Raises AttestationError if the broker denies it."""
-        with self._lock:
-            self._attest_locked()
+        self._attest(self._deadline())
 
-    def _attest_locked(self) -> None:
-        challenge = self._post("auth", {"backend": "simulation"})
+    def _attest(self, deadline: float, flight: Future[str] | None = None) -> str:
+        """One attestation over HTTP, unlocked; then publish its token (and end ``flight``) under the lock."""
+        try:
+            granted = self._handshake(deadline)
+        except BaseException:
+            self._end_flight(flight)
+            raise
+        with self._lock:
+            self._token = granted.token
+            self.keystore_id, self.owner_public_key = granted.keystore_id, granted.owner_public_key
+            self.attestations += 1
+            if flight is not None and self._flight is flight:
+                self._flight = None
+        return granted.token
+
+    def _end_flight(self, flight: Future[str] | None) -> None:
+        with self._lock:
+            if flight is not None and self._flight is flight:
+                self._flight = None
+
+    def _handshake(self, deadline: float) -> _Granted:
+        challenge = self._post("auth", {"backend": "simulation"}, deadline)
         evidence = self._evidence_for(str(challenge["nonce"]), self.public_key_raw)
         granted = self._post("attest", {
             "session": challenge["session"],
             "evidence": evidence.to_dict(),
             "public_key": base64.b64encode(self.public_key_raw).decode(),
-        })
-        self._token = str(granted["token"])
-        self.keystore_id = str(granted["keystore_id"])
-        self.owner_public_key = X25519PublicKey.from_public_bytes(base64.b64decode(granted["owner_public_key"]))
-        self.attestations += 1
+        }, deadline)
+        try:
+            owner = X25519PublicKey.from_public_bytes(base64.b64decode(granted["owner_public_key"]))
+            return _Granted(str(granted["token"]), str(granted["keystore_id"]), owner)
+        except (KeyError, ValueError, TypeError):
+            raise ProtocolError("key broker sent a malformed grant") from None
+
+    def _current_token(self, deadline: float) -> str:
+        """The session's token; without one, attest once for every caller waiting (single flight)."""
+        with self._lock:
+            if self._token is not None:
+                return self._token
+            lead = self._flight is None
+            if lead:
+                self._flight = Future()
+            flight = self._flight
+        if not lead:
+            try:
+                return flight.result(timeout=_remaining(deadline))  # waits without the lock
+            except TimeoutError:
+                raise ServiceError("timed out waiting for the key-broker attestation in flight") from None
+        try:
+            token = self._attest(deadline, flight)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        flight.set_result(token)
+        return token
 
     def unwrap_many(self, items: list[tuple[str, bytes]]) -> list[bytes]:
         """Release several wrapped keys in one round trip."""
+        deadline = self._deadline()
+        body_items = [{"wrapped": wrapped, "context": base64.b64encode(context).decode()} for wrapped, context in items]
         for attempt in range(2):
-            with self._lock:
-                if self._token is None:
-                    self._attest_locked()
-                token = self._token
+            token = self._current_token(deadline)
             try:
-                reply = self._post("unwrap", {"token": token, "items": [
-                    {"wrapped": wrapped, "context": base64.b64encode(context).decode()} for wrapped, context in items
-                ]})
+                reply = self._post("unwrap", {"token": token, "items": body_items}, deadline)
             except _TokenRejected:
                 with self._lock:
                     if self._token == token:
@@ -94,7 +160,12 @@ class BrokerSession:
                 if attempt:
                     raise AttestationError("the key broker keeps rejecting fresh tokens") from None
                 continue
-            sealed = [base64.b64decode(item["sealed"]) for item in reply["items"]]
+            try:
+                sealed = [base64.b64decode(item["sealed"]) for item in reply["items"]]
+            except (KeyError, TypeError, ValueError):
+                raise ProtocolError("key broker sent a malformed reply") from None
+            if len(sealed) != len(items):
+                raise ProtocolError("key broker released a different number of keys than asked for")
             return [open_sealed_to(self._private, s, release_info(token, c)) for s, (_, c) in zip(sealed, items,
                                                                                                    strict=True)]
         raise AttestationError("could not obtain a key-broker token")
@@ -105,34 +176,110 @@ class BrokerSession:
     def wrap(self, key: bytes, context: bytes) -> str:
         raise KeyAccessError("an enclave cannot wrap new keys under the owner's master key")
 
-    def _post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        # The scheme was checked to be http(s) in __init__.
-        request = urllib.request.Request(f"{self._url}{API}/{endpoint}", data=json.dumps(body).encode(),  # noqa: S310
-                                         headers={"Content-Type": "application/json"}, method="POST")
+    # -- transport ------------------------------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self._timeout_s
+
+    def _post(self, endpoint: str, body: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        """POST JSON and return the reply's JSON; waits out 429/503 as the broker asks, within the deadline."""
+        deadline = self._deadline() if deadline is None else deadline
+        payload = json.dumps(body).encode()
+        for _ in range(self._max_tries):
+            status, retry_after, data = self._exchange(f"{self._parsed.path}{API}/{endpoint}", payload, deadline)
+            if not (status == 429 or (status == 503 and retry_after is not None)):
+                return _reply(status, data)
+            wait = _wait_for(retry_after, data) * random.uniform(1.0, 1.25)  # jitter: spread the herd
+            if wait >= _remaining(deadline):
+                raise ServiceError(f"key broker is overloaded ({status}) and asks to wait {wait:.1f} s, "
+                                   "past this request's deadline")
+            time.sleep(wait)
+        raise ServiceError(f"key broker still overloaded (429/503) after {self._max_tries} tries")
+
+    def _exchange(self, path: str, payload: bytes, deadline: float) -> tuple[int, str | None, bytes]:
+        """One HTTP exchange, every socket operation bounded by what is left of the deadline."""
+        host, port = self._parsed.hostname or "", self._parsed.port
+        if self._context is None:
+            connection: http.client.HTTPConnection = http.client.HTTPConnection(host, port,
+                                                                                timeout=_remaining(deadline))
+        else:
+            connection = http.client.HTTPSConnection(host, port, timeout=_remaining(deadline), context=self._context)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self._context) as response:  # noqa: S310
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise _broker_error(exc) from None
-        except (urllib.error.URLError, OSError) as exc:
+            connection.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
+            _bound(connection, deadline)
+            # http.client reads the status line and headers itself, so there each read (not their sum) is bounded
+            # by the time left; the body is read in chunks against the deadline.
+            response = connection.getresponse()
+            return response.status, response.getheader("Retry-After"), _read_body(connection, response, deadline)
+        except TimeoutError:
+            raise ServiceError(f"key broker at {self._url} did not answer within the deadline") from None
+        except (OSError, http.client.HTTPException) as exc:
             raise ServiceError(f"key broker at {self._url} is unreachable ({type(exc).__name__})") from None
-        except ValueError:
-            raise ProtocolError("key broker sent a malformed reply") from None
+        finally:
+            connection.close()
 
 
 class _TokenRejected(TwofoldError):
     pass
 
 
-def _broker_error(exc: urllib.error.HTTPError) -> TwofoldError:
+def _remaining(deadline: float) -> float:
+    """Seconds left before ``deadline``; a ServiceError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ServiceError("key broker request ran past its deadline")
+    return left
+
+
+def _bound(connection: http.client.HTTPConnection, deadline: float) -> None:
+    """Make the connection's next socket operation wait at most until the deadline."""
+    if connection.sock is not None:
+        connection.sock.settimeout(_remaining(deadline))
+
+
+def _read_body(connection: http.client.HTTPConnection, response: http.client.HTTPResponse,
+               deadline: float) -> bytes:
+    """The reply body, read chunk by chunk so a broker that trickles bytes still meets the deadline."""
+    data = bytearray()
+    while True:
+        _bound(connection, deadline)
+        chunk = response.read1(65536)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if len(data) > MAX_REPLY:
+            raise ProtocolError("key broker sent an oversized reply")
+
+
+def _wait_for(retry_after: str | None, data: bytes) -> float:
+    """The broker's requested wait: the reply's fractional ``retry_after``, else the header's seconds, else 1 s."""
     try:
-        message = str(json.loads(exc.read()).get("error", ""))
-    except (ValueError, OSError, AttributeError):
-        message = ""
-    if exc.code == 401:
+        wait = float(json.loads(data)["retry_after"])
+    except (ValueError, KeyError, TypeError):
+        try:
+            wait = float(retry_after or "1")
+        except ValueError:  # an HTTP date, which the broker never sends
+            wait = 1.0
+    return min(max(wait, 0.01), 60.0) if math.isfinite(wait) else 1.0
+
+
+def _reply(status: int, data: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if 200 <= status < 300:
+        if not isinstance(body, dict):
+            raise ProtocolError("key broker sent a malformed reply")
+        return body
+    raise _broker_error(status, str(body.get("error", "")) if isinstance(body, dict) else "")
+
+
+def _broker_error(status: int, message: str) -> TwofoldError:
+    if status == 401:
         return _TokenRejected(message)
-    if exc.code == 403:
+    if status == 403:
         return AttestationError(f"key broker denied: {message}")
-    if exc.code == 400:
+    if status == 400:
         return ProtocolError(f"key broker rejected the request: {message}")
-    return ServiceError(f"key broker error {exc.code}: {message}")
+    return ServiceError(f"key broker error {status}: {message}")

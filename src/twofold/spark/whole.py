@@ -27,17 +27,21 @@ _lock = threading.Lock()
 
 
 def attested_session(kbs_url: str) -> BrokerSession:
-    """This process's attested key-broker session (whole measurement), created once per process."""
+    """This process's attested key-broker session (whole measurement), created once per process.
+
+    The lock only guards the table: measuring and attesting run without it, and should two threads race, the
+    first session stored wins and the other is dropped (one extra attestation, no hang behind a slow broker).
+    """
     with _lock:
         session = _sessions.get(kbs_url)
-        if session is None:
-            measurement = whole_measurement()
-            attester = SimulationAttester(load_or_create_platform_key())
-            session = BrokerSession(kbs_url, measurement,
-                                    lambda nonce, pub: attester.evidence(measurement, nonce, pub))
-            session.attest()
-            _sessions[kbs_url] = session
+    if session is not None:
         return session
+    measurement = whole_measurement()
+    attester = SimulationAttester(load_or_create_platform_key())
+    session = BrokerSession(kbs_url, measurement, lambda nonce, pub: attester.evidence(measurement, nonce, pub))
+    session.attest()
+    with _lock:
+        return _sessions.setdefault(kbs_url, session)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,20 @@
-"""The key broker's HTTP service (aiohttp): challenge, attest, unwrap. See ``enclave/broker_client.py``."""
+"""The key broker's HTTP service (aiohttp): challenge, attest, unwrap. See ``enclave/broker_client.py``.
+
+Every table is bounded and every client is limited (habit 14). An address (an IPv4 address, or an IPv6 /64)
+gets a token bucket for ``/v1/auth`` (429 with ``Retry-After`` when empty) and at most ``max_pending_per_address``
+pending challenges (a new one evicts its oldest); when the whole table is full, the address holding the most
+loses its oldest challenge, so one address cannot lock the others out. Requests in flight are capped (503) and
+request bodies have a read deadline (408). All state lives in the one event-loop thread, so no lock is needed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
+import ipaddress
 import logging
+import math
 import secrets
 import ssl
 import time
@@ -19,7 +28,7 @@ from twofold.crypto.contexts import dataset_of
 from twofold.crypto.evidence import Evidence
 from twofold.crypto.hpke_seal import seal_to
 from twofold.enclave.broker_client import API, release_info
-from twofold.errors import AttestationError, IntegrityError, TwofoldError
+from twofold.errors import AttestationError, ConfigError, IntegrityError, TwofoldError
 from twofold.keys.broker.audit import AuditLog
 from twofold.keys.keystore import Keystore
 from twofold.trust.policy import Policy
@@ -28,7 +37,25 @@ from twofold.trust.verifier import verifier_for
 log = logging.getLogger("twofold.kbs")
 MAX_BODY = 1 << 20
 MAX_ITEMS = 4096
-MAX_PENDING_SESSIONS = 10_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the broker's tables and load. The defaults let 200 enclaves behind one address attest at once."""
+
+    auth_burst: int = 200  # challenges an address may take at once (its token bucket's size)
+    auth_rate: float = 100.0  # challenges per second an address earns back
+    max_pending_per_address: int = 256
+    max_pending: int = 10_000
+    max_grants: int = 100_000
+    max_addresses: int = 16_384  # token buckets kept at once (idle ones are dropped first)
+    max_in_flight: int = 512
+    body_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not value > 0:
+                raise ConfigError(f"key broker limit {name} must be positive, not {value!r}")
 
 
 @dataclass
@@ -36,6 +63,7 @@ class _Challenge:
     nonce: str
     backend: str
     expires: float
+    address: str
 
 
 @dataclass
@@ -46,42 +74,181 @@ class _Grant:
 
 
 class _Denied(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.retry_after = status, reason, retry_after
+
+
+def client_address(remote: str | None) -> str:
+    """The key that limits apply to: an IPv4 address, or an IPv6 /64 (one host usually holds a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return remote or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class TokenBuckets:
+    """One token bucket per address (``burst`` tokens, ``rate`` back per second), least recently used first.
+
+    A bucket that has refilled is the same as no bucket, so idle ones are dropped; past ``max_addresses`` the
+    least recently used goes (which only ever gives that address a full bucket again).
+    """
+
+    def __init__(self, burst: int, rate: float, max_addresses: int) -> None:
+        self._burst, self._rate, self._max = float(burst), rate, max_addresses
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when counted)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, address: str, now: float) -> float:
+        """Take one token: 0.0 when granted, else the seconds until the address has one."""
+        self._drop_idle(now)
+        tokens, stamp = self._buckets.pop(address, (self._burst, now))
+        tokens = min(self._burst, tokens + max(0.0, now - stamp) * self._rate)
+        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+        self._buckets[address] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+        return wait
+
+    def _drop_idle(self, now: float) -> None:
+        while self._buckets:
+            address, (tokens, stamp) = next(iter(self._buckets.items()))
+            if len(self._buckets) < self._max and tokens + (now - stamp) * self._rate < self._burst:
+                return
+            del self._buckets[address]
+
+
+class ChallengeTable:
+    """Pending challenges by session, oldest first, bounded per address and in all."""
+
+    def __init__(self, max_pending: int, per_address: int) -> None:
+        self._max, self._per_address = max_pending, per_address
+        self._all: dict[str, _Challenge] = {}
+        self._by_address: dict[str, dict[str, None]] = {}  # address -> its sessions, oldest first
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def heaviest(self) -> int:
+        """How many challenges the address holding the most has pending."""
+        return max(map(len, self._by_address.values()), default=0)
+
+    def add(self, session: str, challenge: _Challenge, now: float) -> None:
+        """Insert, evicting the address's oldest at its cap, or the heaviest address's oldest when full."""
+        self.expire(now)
+        mine = self._by_address.get(challenge.address)
+        if mine is not None and len(mine) >= self._per_address:
+            self.pop(next(iter(mine)))
+        if len(self._all) >= self._max:
+            self.pop(next(iter(max(self._by_address.values(), key=len))))
+        self._all[session] = challenge
+        self._by_address.setdefault(challenge.address, {})[session] = None
+
+    def pop(self, session: str) -> _Challenge | None:
+        challenge = self._all.pop(session, None)
+        if challenge is not None:
+            sessions = self._by_address[challenge.address]
+            del sessions[session]
+            if not sessions:
+                del self._by_address[challenge.address]
+        return challenge
+
+    def expire(self, now: float) -> None:
+        # Every challenge lives for the same TTL, so the oldest is also the first to expire.
+        while self._all:
+            session, challenge = next(iter(self._all.items()))
+            if challenge.expires >= now:
+                return
+            self.pop(session)
+
+
+class GrantTable:
+    """Tokens granted by attestation, oldest first; past ``max_grants`` the oldest goes (its enclave re-attests)."""
+
+    def __init__(self, max_grants: int) -> None:
+        self._max = max_grants
+        self._grants: dict[str, _Grant] = {}
+
+    def __len__(self) -> int:
+        return len(self._grants)
+
+    def add(self, token: str, grant: _Grant, now: float) -> None:
+        while self._grants:
+            oldest, first = next(iter(self._grants.items()))
+            if first.expires >= now and len(self._grants) < self._max:
+                break
+            del self._grants[oldest]
+        self._grants[token] = grant
+
+    def get(self, token: str, now: float) -> _Grant | None:
+        grant = self._grants.get(token)
+        if grant is not None and now > grant.expires:
+            del self._grants[token]
+            return None
+        return grant
 
 
 class KeyBroker:
     """Owner-side key release: state (challenges, grants) lives in memory; a restart forces re-attestation."""
 
-    def __init__(self, keystore: Keystore, policy: Policy, audit: AuditLog) -> None:
+    def __init__(self, keystore: Keystore, policy: Policy, audit: AuditLog, limits: Limits | None = None) -> None:
         self.keystore, self.policy, self.audit = keystore, policy, audit
-        self._challenges: dict[str, _Challenge] = {}
-        self._grants: dict[str, _Grant] = {}
+        self.limits = limits or Limits()
+        self._buckets = TokenBuckets(self.limits.auth_burst, self.limits.auth_rate, self.limits.max_addresses)
+        self._challenges = ChallengeTable(self.limits.max_pending, self.limits.max_pending_per_address)
+        self._grants = GrantTable(self.limits.max_grants)
+        self.in_flight = 0
+        self.rate_limited = 0
+
+    # -- middleware -----------------------------------------------------------------------------------------
+
+    @web.middleware
+    async def limit_in_flight(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Answer 503 beyond ``max_in_flight`` requests being handled at once."""
+        if self.in_flight >= self.limits.max_in_flight:
+            return _error_response(_Denied(503, "key broker is busy: retry later", retry_after=1.0))
+        self.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
 
     # -- handlers -------------------------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "keystore_id": self.keystore.keystore_id,
-                                  "simulation_allowed": self.policy.allow_simulation})
+                                  "simulation_allowed": self.policy.allow_simulation,
+                                  "pending_challenges": len(self._challenges),
+                                  "pending_challenges_heaviest_address": self._challenges.heaviest(),
+                                  "pending_per_address_cap": self.limits.max_pending_per_address,
+                                  "grants": len(self._grants), "in_flight": self.in_flight,
+                                  "rate_limited": self.rate_limited})
 
     async def auth(self, request: web.Request) -> web.Response:
-        body = await _json(request)
-        backend = str(body.get("backend", ""))
-        self._expire()
-        if len(self._challenges) >= MAX_PENDING_SESSIONS:
-            raise _Denied(503, "too many pending challenges")
+        address = client_address(request.remote)
+        wait = self._buckets.take(address, time.monotonic())
+        if wait > 0:
+            self.rate_limited += 1  # not audited: a flood must not turn into disk writes
+            raise _Denied(429, "too many challenges requested from this address", retry_after=wait)
+        body = await self._json(request)
+        now = time.time()
         session, nonce = secrets.token_hex(16), secrets.token_hex(32)
-        self._challenges[session] = _Challenge(nonce, backend, time.time() + self.policy.nonce_ttl_seconds)
+        challenge = _Challenge(nonce, str(body.get("backend", "")), now + self.policy.nonce_ttl_seconds, address)
+        self._challenges.add(session, challenge, now)
         return web.json_response({"session": session, "nonce": nonce,
                                   "expires_in": self.policy.nonce_ttl_seconds})
 
     async def attest(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await self._json(request)
         peer = request.remote or ""
         measurement = ""
         try:
-            challenge = self._challenges.pop(str(body.get("session", "")), None)  # single use
+            challenge = self._challenges.pop(str(body.get("session", "")))  # single use
             if challenge is None:
                 raise AttestationError("unknown or already used challenge (nonce reuse)")
             if time.time() > challenge.expires:
@@ -97,10 +264,12 @@ class KeyBroker:
             self.audit.record("deny", "attest", peer=peer, measurement=measurement, reason=str(exc))
             raise _Denied(403, str(exc)) from None
         token = secrets.token_hex(32)
-        expires = time.time() + self.policy.token_ttl_seconds
+        now = time.time()
+        expires = now + self.policy.token_ttl_seconds
         if rule.expires is not None:
             expires = min(expires, rule.expires)
-        self._grants[token] = _Grant(claims.measurement, X25519PublicKey.from_public_bytes(public_raw), expires)
+        self._grants.add(token, _Grant(claims.measurement, X25519PublicKey.from_public_bytes(public_raw), expires),
+                         now)
         self.audit.record("grant", "attest", peer=peer, measurement=claims.measurement, backend=claims.backend,
                           token_id=token[:8])
         return web.json_response({
@@ -111,12 +280,11 @@ class KeyBroker:
         })
 
     async def unwrap(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await self._json(request)
         peer = request.remote or ""
         token = str(body.get("token", ""))
-        grant = self._grants.get(token)
-        if grant is None or time.time() > grant.expires:
-            self._grants.pop(token, None)
+        grant = self._grants.get(token, time.time())
+        if grant is None:
             raise _Denied(401, "unknown or expired token: attest again")
         items = body.get("items")
         if not isinstance(items, list) or not 0 < len(items) <= MAX_ITEMS:
@@ -145,12 +313,12 @@ class KeyBroker:
                               purpose=context.decode().split("|")[0])
         return web.json_response({"items": sealed})
 
-    def _expire(self) -> None:
-        now = time.time()
-        for session in [s for s, c in self._challenges.items() if c.expires < now]:
-            del self._challenges[session]
-        for token in [t for t, g in self._grants.items() if g.expires < now]:
-            del self._grants[token]
+    async def _json(self, request: web.Request) -> dict[str, Any]:
+        """The request's JSON object, read within ``body_timeout_s`` (a slow body gets 408)."""
+        try:
+            return await asyncio.wait_for(_json(request), self.limits.body_timeout_s)
+        except TimeoutError:
+            raise _Denied(408, "request body was not received in time") from None
 
 
 def _b64(value: Any) -> bytes:
@@ -170,12 +338,20 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _error_response(denied: _Denied) -> web.Response:
+    """``{"error"}``; with a wait, also ``retry_after`` (seconds, fractional) and a ``Retry-After`` header."""
+    if denied.retry_after is None:
+        return web.json_response({"error": denied.reason}, status=denied.status)
+    return web.json_response({"error": denied.reason, "retry_after": math.ceil(denied.retry_after * 1000) / 1000},
+                             status=denied.status, headers={"Retry-After": str(math.ceil(denied.retry_after))})
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except _Denied as denied:
-        return web.json_response({"error": denied.reason}, status=denied.status)
+        return _error_response(denied)
     except web.HTTPException:
         raise
     except Exception as exc:  # never crash the service on one bad request; never echo data
@@ -184,7 +360,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def make_app(broker: KeyBroker) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[broker.limit_in_flight, _errors], client_max_size=MAX_BODY)
     app.add_routes([
         web.get(f"{API}/health", broker.health),
         web.post(f"{API}/auth", broker.auth),
