@@ -43,6 +43,8 @@ from twofold.trust.services import ServiceProcess
 
 from .conftest import Broker
 
+pytestmark = pytest.mark.service  # repeated in CI: races show only sometimes
+
 FLOODER = "127.0.0.2"
 AUTH_BODY = json.dumps({"backend": "simulation"}).encode()
 

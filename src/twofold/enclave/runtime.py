@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,16 @@ from twofold.enclave.attester import SimulationAttester, load_or_create_platform
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.cache import PartitionCache
 from twofold.enclave.measure import current_measurement
-from twofold.enclave.protocol import VERSION, decode_payload, encode_frame, frame_length
+from twofold.enclave.protocol import (
+    CONNECTION_ID,
+    VERSION,
+    decode_payload,
+    encode_frame,
+    error_reply,
+    frame_length,
+    heartbeat,
+    request_id,
+)
 from twofold.enclave.registry import REGISTRY, check
 from twofold.enclave.state import EnclaveState
 from twofold.errors import ProtocolError, TwofoldError
@@ -43,7 +53,7 @@ def start_state(kbs_url: str, platform_key_path: Path | None, cache_bytes: int,
 
 def dispatch(state: EnclaveState, message: dict[str, Any]) -> dict[str, Any]:
     """Run one validated ecall; errors become typed, data-free error replies."""
-    call_id = message.get("id") if isinstance(message.get("id"), int) else -1
+    call_id = request_id(message)
     try:
         name = message.get("call")
         entry = REGISTRY.get(name) if isinstance(name, str) else None
@@ -53,12 +63,30 @@ def dispatch(state: EnclaveState, message: dict[str, Any]) -> dict[str, Any]:
         result = check(entry.result, entry.handler(state, **args), f"result of {entry.name}")
         return {"v": VERSION, "id": call_id, "ok": True, "result": result}
     except TwofoldError as exc:
-        return {"v": VERSION, "id": call_id, "ok": False,
-                "error": {"type": type(exc).__name__, "message": str(exc)}}
+        return error_reply(call_id, type(exc).__name__, str(exc))
     except Exception as exc:
         log.error("ecall failed with %s", type(exc).__name__)
-        return {"v": VERSION, "id": call_id, "ok": False,
-                "error": {"type": "InternalError", "message": "internal error in the enclave"}}
+        return error_reply(call_id, "InternalError", "internal error in the enclave")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Deadlines and bounds of the ecall server (``twofold enclave serve`` options set the first two).
+
+    Pending work is bounded by construction: one request in flight per connection (the next frame is read only
+    after the reply is written), so at most ``max_connections`` ecalls run or wait for a worker at once.
+    """
+
+    heartbeat_s: float = 5.0  # a busy-heartbeat this often while an ecall runs (clients time out on silence)
+    max_connections: int = 64
+    first_heartbeat_s: float = 1.0  # the first heartbeat comes sooner, so a queued ecall shows life quickly
+    idle_connection_s: float = 300.0  # idle keep-alive connections are closed (clients reconnect transparently)
+    frame_s: float = 60.0  # once a header has arrived, the rest of its frame must arrive within this
+    send_s: float = 60.0  # a peer that does not read its reply or heartbeats within this is dropped
+
+    def __post_init__(self) -> None:
+        if not (self.heartbeat_s > 0 and self.first_heartbeat_s > 0 and self.max_connections >= 1):
+            raise ValueError("heartbeat intervals must be positive and at least one connection allowed")
 
 
 class _Activity:
@@ -69,36 +97,80 @@ class _Activity:
         self.last = time.monotonic()
 
 
-async def _serve_connection(state: EnclaveState, pool: ThreadPoolExecutor, activity: _Activity,
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any], limits: Limits) -> None:
+    """Write one frame; a peer that does not take it within ``send_s`` is dropped (TimeoutError)."""
+    try:
+        frame = encode_frame(message)
+    except ProtocolError as exc:  # a result too large to send: say so instead of dropping the connection
+        frame = encode_frame(error_reply(request_id(message), "ProtocolError", str(exc)))
+    writer.write(frame)
+    await asyncio.wait_for(writer.drain(), limits.send_s)
+
+
+async def _read_request(reader: asyncio.StreamReader, limits: Limits) -> dict[str, Any] | None:
+    """The next request; None when the peer closed or idled past ``idle_connection_s``; ProtocolError if bad."""
+    try:
+        header = await asyncio.wait_for(reader.readexactly(4), limits.idle_connection_s)
+    except (asyncio.IncompleteReadError, TimeoutError):
+        return None
+    try:
+        payload = await asyncio.wait_for(reader.readexactly(frame_length(header)), limits.frame_s)
+    except TimeoutError:
+        raise ProtocolError(f"a frame did not arrive within {limits.frame_s:.0f} s") from None
+    return decode_payload(payload)
+
+
+async def _run_ecall(state: EnclaveState, pool: ThreadPoolExecutor, message: dict[str, Any],
+                     writer: asyncio.StreamWriter, limits: Limits) -> dict[str, Any]:
+    """Run ``message`` on a worker thread, heartbeating on the connection until it is done."""
+    future = asyncio.get_running_loop().run_in_executor(pool, dispatch, state, message)
+    beat = heartbeat(request_id(message))
+    wait = min(limits.first_heartbeat_s, limits.heartbeat_s)
+    while True:  # bounded by the ecall itself; a peer that stops reading ends it through _send's deadline
+        done, _ = await asyncio.wait({future}, timeout=wait)
+        if done:
+            return future.result()
+        await _send(writer, beat, limits)
+        wait = limits.heartbeat_s
+
+
+async def _serve_requests(state: EnclaveState, pool: ThreadPoolExecutor, activity: _Activity, limits: Limits,
+                          reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer requests one at a time until the peer closes, idles out or breaks the framing."""
+    while True:  # each pass waits at most idle_connection_s for a request, then runs it under heartbeats
+        try:
+            message = await _read_request(reader, limits)
+        except ProtocolError as exc:
+            await _send(writer, error_reply(CONNECTION_ID, "ProtocolError", str(exc)), limits)
+            return  # framing is no longer trustworthy on this connection
+        if message is None:
+            return
+        reply = await _run_ecall(state, pool, message, writer, limits)
+        await _send(writer, reply, limits)
+        activity.last = time.monotonic()
+
+
+async def _serve_connection(state: EnclaveState, pool: ThreadPoolExecutor, activity: _Activity, limits: Limits,
                             reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    loop = asyncio.get_running_loop()
+    # Over the cap, a connection is told why and closed at once rather than left waiting for a slot: the slots
+    # may be held by idle keep-alive connections of other Spark tasks, so waiting could stall a task until its
+    # deadline; refusing fails it fast with a clear error that Spark's task retry can act on.
+    full = activity.connections >= limits.max_connections
     activity.connections += 1
     try:
-        while True:
-            try:
-                header = await reader.readexactly(4)
-            except asyncio.IncompleteReadError:
-                return
-            try:
-                payload = await reader.readexactly(frame_length(header))
-                message = decode_payload(payload)
-            except ProtocolError as exc:
-                writer.write(encode_frame({"v": VERSION, "id": -1, "ok": False,
-                                           "error": {"type": "ProtocolError", "message": str(exc)}}))
-                await writer.drain()
-                return  # framing is no longer trustworthy on this connection
-            reply = await loop.run_in_executor(pool, dispatch, state, message)
-            writer.write(encode_frame(reply))
-            await writer.drain()
-            activity.last = time.monotonic()
-    except (ConnectionError, asyncio.IncompleteReadError):
+        if full:
+            message = f"the enclave already serves its maximum of {limits.max_connections} connections"
+            await _send(writer, error_reply(CONNECTION_ID, "ServiceError", message), limits)
+        else:
+            await _serve_requests(state, pool, activity, limits, reader, writer)
+    except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
         return
     finally:
         activity.connections -= 1
         activity.last = time.monotonic()
         writer.close()
         with contextlib.suppress(Exception):
-            await writer.wait_closed()
+            await asyncio.wait_for(writer.wait_closed(), limits.send_s)
 
 
 async def _exit_when_idle(activity: _Activity, idle_exit_s: float, stop: asyncio.Event) -> None:
@@ -110,8 +182,9 @@ async def _exit_when_idle(activity: _Activity, idle_exit_s: float, stop: asyncio
 
 
 async def serve(state: EnclaveState, socket_path: Path, on_ready: Callable[[], None], workers: int = 4,
-                idle_exit_s: float | None = None) -> None:
+                idle_exit_s: float | None = None, limits: Limits | None = None) -> None:
     """Serve ecalls until SIGTERM/SIGINT (or idle for ``idle_exit_s``); the socket is 0600 and removed at exit."""
+    limits = limits or Limits()
     socket_path = Path(socket_path)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
@@ -119,8 +192,9 @@ async def serve(state: EnclaveState, socket_path: Path, on_ready: Callable[[], N
     activity = _Activity()
     old_umask = os.umask(0o177)
     try:
-        server = await asyncio.start_unix_server(lambda r, w: _serve_connection(state, pool, activity, r, w),
-                                                 path=str(socket_path), limit=1 << 20)
+        server = await asyncio.start_unix_server(
+            lambda r, w: _serve_connection(state, pool, activity, limits, r, w), path=str(socket_path),
+            limit=1 << 20)
     finally:
         os.umask(old_umask)
     stop = asyncio.Event()

@@ -3,6 +3,8 @@
 A task connects to the host's enclave socket; if nothing listens, it starts ``twofold enclave serve`` under a
 file lock (so concurrent tasks start one), records its PID beside the socket, and waits for it. An enclave that
 dies mid-job is restarted the same way and attests again; callers then re-open and re-load what they need.
+An enclave that goes silent (frozen, say by SIGSTOP) is not restarted: the call is retried once only if it
+answers a short probe, and otherwise fails with a ServiceError naming its PID file and log.
 """
 
 from __future__ import annotations
@@ -14,26 +16,31 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from twofold.errors import ConfigError, ServiceError
-from twofold.trust.enclave_client import EnclaveClient
+from twofold.trust.enclave_client import SILENCE_TIMEOUT_S, EnclaveClient, EnclaveSilentError, responsive
 from twofold.trust.services import ENCLAVE_ENV
 
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 60.0  # attestation included; the start lock is held at most this long (plus a spawn)
+PROBE_TIMEOUT_S = 4.0  # after a silence timeout, the enclave must show life this fast to be retried
+_PROBE_CONNECT_S = 2.0
 
 
 @dataclass(frozen=True)
 class EnclaveConfig:
-    """Where a host's enclave listens and which key broker it attests to."""
+    """Where a host's enclave listens, which key broker it attests to, and the link's deadlines."""
 
     socket: str
     kbs_url: str
     cache_mib: int = 4096
     idle_exit_s: int = 900
+    heartbeat_s: float = 5.0
+    silence_timeout_s: float = SILENCE_TIMEOUT_S
 
     @property
     def pid_path(self) -> Path:
@@ -46,6 +53,7 @@ class EnclaveConfig:
 
 def _listening(path: str) -> bool:
     with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(_PROBE_CONNECT_S)
         try:
             probe.connect(path)
             return True
@@ -53,29 +61,67 @@ def _listening(path: str) -> bool:
             return False
 
 
+def _last_log_line(config: EnclaveConfig) -> str:
+    try:
+        lines = config.log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no output"
+    return lines[-1] if lines else "no output"
+
+
+def _lock_within(lock: Any, deadline: float, config: EnclaveConfig) -> None:
+    """Take the start lock, waiting at most until ``deadline`` for a task that is starting the enclave."""
+    while True:  # bounded by the deadline
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise ServiceError(f"another task has been starting the enclave at {config.socket} for too long; "
+                                   f"see {config.log_path}") from None
+            time.sleep(0.05)
+
+
+def _spawn(config: EnclaveConfig) -> subprocess.Popen:
+    with open(config.log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "twofold", "enclave", "serve", "--socket", config.socket, "--kbs",
+             config.kbs_url, "--cache-mib", str(config.cache_mib), "--idle-exit", str(config.idle_exit_s),
+             "--heartbeat", str(config.heartbeat_s)],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**{k: v for k, v in os.environ.items() if k != "TWOFOLD_PASSPHRASE"}, **ENCLAVE_ENV},
+        )
+
+
+def _await_listening(config: EnclaveConfig, process: subprocess.Popen, deadline: float) -> None:
+    """Wait for the started enclave; on failure or timeout it is killed (by PID) and the log named."""
+    while not _listening(config.socket):  # bounded by the deadline
+        code = process.poll()
+        if code is not None or time.monotonic() > deadline:
+            if code is None:
+                process.kill()
+                process.wait(10)
+            config.pid_path.unlink(missing_ok=True)
+            why = f"exited with status {code}" if code is not None else f"was not ready within {START_TIMEOUT_S:.0f} s"
+            raise ServiceError(f"the enclave at {config.socket} did not start: it {why} ({_last_log_line(config)}); "
+                               f"see {config.log_path}")
+        time.sleep(0.05)
+
+
 def ensure_enclave(config: EnclaveConfig) -> None:
-    """Make sure this host's enclave is listening, starting it if needed."""
+    """Make sure this host's enclave is listening, starting it if needed (one per host, under a file lock)."""
     if _listening(config.socket):
         return
     Path(config.socket).parent.mkdir(parents=True, exist_ok=True)
     with open(config.socket + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        # The lock must be held while starting so that concurrent tasks start one enclave; a holder is itself
+        # bounded by START_TIMEOUT_S, so waiting for it has a deadline too.
+        _lock_within(lock, time.monotonic() + START_TIMEOUT_S + 10, config)
         if _listening(config.socket):
             return
-        with open(config.log_path, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "twofold", "enclave", "serve", "--socket", config.socket, "--kbs",
-                 config.kbs_url, "--cache-mib", str(config.cache_mib), "--idle-exit", str(config.idle_exit_s)],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**{k: v for k, v in os.environ.items() if k != "TWOFOLD_PASSPHRASE"}, **ENCLAVE_ENV},
-            )
+        process = _spawn(config)
         config.pid_path.write_text(str(process.pid))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _listening(config.socket):
-            if process.poll() is not None or time.monotonic() > deadline:
-                lines = config.log_path.read_text(errors="replace").strip().splitlines()
-                raise ServiceError(f"the enclave did not start: {lines[-1] if lines else 'no output'}")
-            time.sleep(0.05)
+        _await_listening(config, process, time.monotonic() + START_TIMEOUT_S)
 
 
 def _exited(pid: int) -> bool:
@@ -89,8 +135,17 @@ def _exited(pid: int) -> bool:
     return False
 
 
+def _wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _exited(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def stop_enclave(config: EnclaveConfig, timeout: float = 10.0) -> None:
-    """Stop the host's enclave through the PID recorded when it was started."""
+    """Stop the host's enclave through the PID recorded when it was started (SIGTERM, then SIGKILL)."""
     try:
         pid = int(config.pid_path.read_text())
     except (FileNotFoundError, ValueError):
@@ -100,13 +155,10 @@ def stop_enclave(config: EnclaveConfig, timeout: float = 10.0) -> None:
     except ProcessLookupError:
         config.pid_path.unlink(missing_ok=True)
         return
-    deadline = time.monotonic() + timeout
-    while not _exited(pid):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            deadline = float("inf")
-        time.sleep(0.05)
+    if not _wait_exit(pid, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_exit(pid, timeout)
     config.pid_path.unlink(missing_ok=True)
 
 
@@ -114,24 +166,39 @@ class HostEnclave:
     """A worker process's connection to its host's enclave, reconnecting (and restarting it) if it died."""
 
     _clients: ClassVar[dict[str, EnclaveClient]] = {}  # per worker process; holds no secrets
+    _clients_lock: ClassVar[threading.Lock] = threading.Lock()  # guards the dict only, never held across I/O
 
     def __init__(self, config: EnclaveConfig) -> None:
         self.config = config
 
     def client(self) -> EnclaveClient:
-        client = self._clients.get(self.config.socket)
-        if client is None:
-            ensure_enclave(self.config)
-            client = self._clients[self.config.socket] = EnclaveClient(self.config.socket)
+        with self._clients_lock:
+            client = self._clients.get(self.config.socket)
+        if client is not None:
+            return client
+        ensure_enclave(self.config)
+        fresh = EnclaveClient(self.config.socket, silence_timeout=self.config.silence_timeout_s)
+        with self._clients_lock:
+            client = self._clients.setdefault(self.config.socket, fresh)
+        if client is not fresh:  # another thread won the race
+            fresh.close()
         return client
 
     def reset(self) -> None:
-        client = self._clients.pop(self.config.socket, None)
+        with self._clients_lock:
+            client = self._clients.pop(self.config.socket, None)
         if client is not None:
             client.close()
 
     def call(self, name: str, **args: Any) -> dict[str, Any]:
+        """An ecall, retried once: after a broken link on a restarted enclave, after silence only if it is alive."""
         try:
+            return self.client().call(name, **args)
+        except EnclaveSilentError as exc:
+            self.reset()
+            if not responsive(self.config.socket, PROBE_TIMEOUT_S):
+                raise EnclaveSilentError(f"{exc}; it did not answer a probe within {PROBE_TIMEOUT_S:g} s either "
+                                         f"(pid file {self.config.pid_path}, log {self.config.log_path})") from None
             return self.client().call(name, **args)
         except ServiceError:
             self.reset()

@@ -115,7 +115,8 @@ def start_kbs(keystore_dir: Path, policy_path: Path, audit_path: Path, port: int
 
 
 def start_enclave(socket_path: Path, kbs_url: str, env: dict[str, str] | None = None, cache_mib: int = 1024,
-                  log_path: Path | None = None) -> ServiceProcess:
+                  log_path: Path | None = None, extra: tuple[str, ...] = ()) -> ServiceProcess:
+    """An enclave on a Unix socket; ``extra`` holds further `enclave serve` options (heartbeat, limits)."""
     return ServiceProcess("enclave", ["enclave", "serve", "--socket", str(socket_path), "--kbs", kbs_url,
-                                      "--cache-mib", str(cache_mib)], env={**ENCLAVE_ENV, **(env or {})},
+                                      "--cache-mib", str(cache_mib), *extra], env={**ENCLAVE_ENV, **(env or {})},
                           log_path=log_path)
