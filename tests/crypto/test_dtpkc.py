@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from twofold.crypto import dtpkc as d
+from twofold.crypto import dtpkc_wire as wire
 from twofold.errors import IntegrityError, ProtocolError
 
 HYPO = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -389,49 +390,6 @@ def test_ciphertext_is_immutable(system: System) -> None:
 # -------------------------------------------------------------------------------------- encryption pool
 
 
-def test_pool_pairs_are_used_once(system: System) -> None:
-    pk, sk = system.alice.public, system.alice.secret
-    pool = d.EncryptionPool(pk)
-    pool.refill(4)
-    assert len(pool) == 4
-    pairs = [pool.take(), pool.take()]
-    assert len(pool) == 2 and pairs[0] != pairs[1]
-    cts = [pool.encrypt(10), pool.encrypt(10)]
-    assert len(pool) == 0
-    assert cts[0] != cts[1] and all(d.weak_decrypt(sk, c) == 10 for c in cts)
-    g_powers = {int(gr) for _, gr in pairs} | {int(c.t2) for c in cts}
-    assert len(g_powers) == 4  # four distinct r, none reused
-    with pytest.raises(d.PoolExhaustedError):
-        pool.encrypt(1)
-    with pytest.raises(d.PoolExhaustedError):
-        pool.take()
-    pool.refill(2)
-    assert d.weak_decrypt(sk, pool.rerandomize(cts[0])) == 10
-    assert d.strong_decrypt(system.strong, pool.encrypt_many([3])[0]) == 3
-    assert len(pool) == 0
-
-
-def test_pool_pairs_have_the_right_form(system: System) -> None:
-    pool = d.EncryptionPool(system.bob.public, window=4)
-    pool.refill(3)
-    theta, n2 = int(system.bob.secret.theta), int(system.params.n_sq)
-    for _ in range(3):
-        hr, gr = pool.take()
-        assert pow(int(gr), theta, n2) == hr  # h^r = (g^r)^theta
-    with pytest.raises(ValueError):
-        pool.refill(-1)
-
-
-def test_pool_shares_g_table(system: System) -> None:
-    g_table = d.FixedBaseTable(system.params.g, system.params.n_sq, system.params.bits, window=5)
-    pool = d.EncryptionPool(system.bob.public, window=5, g_table=g_table)
-    pool.refill(1)
-    assert d.weak_decrypt(system.bob.secret, pool.encrypt(8)) == 8
-    short = d.FixedBaseTable(system.params.g, system.params.n_sq, 16)
-    with pytest.raises(ValueError):
-        d.EncryptionPool(system.bob.public, g_table=short)
-
-
 @HYPO
 @given(e=st.integers(min_value=0, max_value=2**512 - 1), window=st.integers(min_value=1, max_value=7))
 def test_fixed_base_table_matches_powmod(system: System, e: int, window: int) -> None:
@@ -463,39 +421,39 @@ def _table_cache(system: System, window: int) -> d.FixedBaseTable:
 
 def test_serialization_round_trips(system: System) -> None:
     params = system.params
-    raw = d.params_to_bytes(params)
+    raw = wire.params_to_bytes(params)
     assert raw[0] == d.FORMAT_VERSION
-    assert d.params_from_bytes(raw, min_bits=512) == params
+    assert wire.params_from_bytes(raw, min_bits=512) == params
     pk = system.alice.public
-    assert d.public_key_from_bytes(params, d.public_key_to_bytes(pk)) == pk
+    assert wire.public_key_from_bytes(params, wire.public_key_to_bytes(pk)) == pk
     sk = system.alice.secret
-    assert d.weak_key_from_bytes(params, d.weak_key_to_bytes(sk)) == sk
+    assert wire.weak_key_from_bytes(params, wire.weak_key_to_bytes(sk)) == sk
     for share in (system.share1, system.share2):
-        assert d.share_from_bytes(params, d.share_to_bytes(share)) == share
+        assert wire.share_from_bytes(params, wire.share_to_bytes(share)) == share
     cts = d.encrypt_many(pk, [1, 2, 3])
-    one = d.ciphertext_to_bytes(params, cts[0])
+    one = wire.ciphertext_to_bytes(params, cts[0])
     assert len(one) == 2 + 2 * 128
-    assert d.ciphertext_from_bytes(params, one) == cts[0]
-    assert d.ciphertexts_from_bytes(params, d.ciphertexts_to_bytes(params, cts)) == cts
-    assert d.ciphertexts_from_bytes(params, d.ciphertexts_to_bytes(params, [])) == []
+    assert wire.ciphertext_from_bytes(params, one) == cts[0]
+    assert wire.ciphertexts_from_bytes(params, wire.ciphertexts_to_bytes(params, cts)) == cts
+    assert wire.ciphertexts_from_bytes(params, wire.ciphertexts_to_bytes(params, [])) == []
     part = d.partial_decrypt1(system.share1, cts[0])
-    assert d.partial_from_bytes(params, d.partial_to_bytes(params, part)) == part
+    assert wire.partial_from_bytes(params, wire.partial_to_bytes(params, part)) == part
 
 
 def test_params_min_bits_is_a_secure_default(system: System) -> None:
     with pytest.raises(ProtocolError):
-        d.params_from_bytes(d.params_to_bytes(system.params))
+        wire.params_from_bytes(wire.params_to_bytes(system.params))
 
 
 def test_fingerprint_binds_keys_to_params(system: System, kat) -> None:
     other_params = kat[0]
     with pytest.raises(ProtocolError):
-        d.public_key_from_bytes(other_params, d.public_key_to_bytes(system.alice.public))
+        wire.public_key_from_bytes(other_params, wire.public_key_to_bytes(system.alice.public))
     wb = 2 + d.FINGERPRINT_BYTES + 128
-    forged = d.public_key_to_bytes(system.alice.public)[:2] + bytes(d.FINGERPRINT_BYTES) + bytes(128)
+    forged = wire.public_key_to_bytes(system.alice.public)[:2] + bytes(d.FINGERPRINT_BYTES) + bytes(128)
     assert len(forged) == wb
     with pytest.raises(ProtocolError):
-        d.public_key_from_bytes(system.params, forged)
+        wire.public_key_from_bytes(system.params, forged)
 
 
 def _mutations(blob: bytes) -> list[bytes]:
@@ -506,13 +464,14 @@ def test_malformed_bytes_raise_protocol_error(system: System) -> None:
     params, pk = system.params, system.alice.public
     ct = d.encrypt(pk, 3)
     cases = [
-        (lambda b: d.params_from_bytes(b, min_bits=0), d.params_to_bytes(params)),
-        (lambda b: d.public_key_from_bytes(params, b), d.public_key_to_bytes(pk)),
-        (lambda b: d.weak_key_from_bytes(params, b), d.weak_key_to_bytes(system.alice.secret)),
-        (lambda b: d.share_from_bytes(params, b), d.share_to_bytes(system.share1)),
-        (lambda b: d.ciphertext_from_bytes(params, b), d.ciphertext_to_bytes(params, ct)),
-        (lambda b: d.ciphertexts_from_bytes(params, b), d.ciphertexts_to_bytes(params, [ct, ct])),
-        (lambda b: d.partial_from_bytes(params, b), d.partial_to_bytes(params, d.partial_decrypt1(system.share1, ct))),
+        (lambda b: wire.params_from_bytes(b, min_bits=0), wire.params_to_bytes(params)),
+        (lambda b: wire.public_key_from_bytes(params, b), wire.public_key_to_bytes(pk)),
+        (lambda b: wire.weak_key_from_bytes(params, b), wire.weak_key_to_bytes(system.alice.secret)),
+        (lambda b: wire.share_from_bytes(params, b), wire.share_to_bytes(system.share1)),
+        (lambda b: wire.ciphertext_from_bytes(params, b), wire.ciphertext_to_bytes(params, ct)),
+        (lambda b: wire.ciphertexts_from_bytes(params, b), wire.ciphertexts_to_bytes(params, [ct, ct])),
+        (lambda b: wire.partial_from_bytes(params, b),
+         wire.partial_to_bytes(params, d.partial_decrypt1(system.share1, ct))),
     ]
     for parse, blob in cases:
         parse(blob)
@@ -530,30 +489,30 @@ def test_out_of_range_values_in_bytes(system: System) -> None:
     good = int(d.encrypt(system.alice.public, 1).t2).to_bytes(wb, "big")
     for t1 in (0, n, 3 * n, p, n2, 2 ** (8 * wb) - 1):
         with pytest.raises(IntegrityError):
-            d.ciphertext_from_bytes(params, header + t1.to_bytes(wb, "big") + good)
+            wire.ciphertext_from_bytes(params, header + t1.to_bytes(wb, "big") + good)
         with pytest.raises(IntegrityError):
-            d.ciphertext_from_bytes(params, header + good + t1.to_bytes(wb, "big"))
-    bad_share = d.share_to_bytes(system.share1)
+            wire.ciphertext_from_bytes(params, header + good + t1.to_bytes(wb, "big"))
+    bad_share = wire.share_to_bytes(system.share1)
     with pytest.raises(ProtocolError):
-        d.share_from_bytes(params, bad_share[:2] + b"\x07" + bad_share[3:])
-    raw = d.params_to_bytes(params)
+        wire.share_from_bytes(params, bad_share[:2] + b"\x07" + bad_share[3:])
+    raw = wire.params_to_bytes(params)
     last_n_byte = 2 + 2 + 64 - 1
     even_n = raw[:last_n_byte] + bytes([raw[last_n_byte] & 0xFE]) + raw[last_n_byte + 1 :]
     with pytest.raises(ProtocolError):
-        d.params_from_bytes(even_n, min_bits=0)
+        wire.params_from_bytes(even_n, min_bits=0)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blob=st.binary(max_size=600), kind=st.sampled_from("PKWSCBD"))
 def test_fuzzed_bytes_only_raise_twofold_errors(system: System, blob: bytes, kind: str) -> None:
     parsers = {
-        "P": lambda b: d.params_from_bytes(b, min_bits=0),
-        "K": lambda b: d.public_key_from_bytes(system.params, b),
-        "W": lambda b: d.weak_key_from_bytes(system.params, b),
-        "S": lambda b: d.share_from_bytes(system.params, b),
-        "C": lambda b: d.ciphertext_from_bytes(system.params, b),
-        "B": lambda b: d.ciphertexts_from_bytes(system.params, b),
-        "D": lambda b: d.partial_from_bytes(system.params, b),
+        "P": lambda b: wire.params_from_bytes(b, min_bits=0),
+        "K": lambda b: wire.public_key_from_bytes(system.params, b),
+        "W": lambda b: wire.weak_key_from_bytes(system.params, b),
+        "S": lambda b: wire.share_from_bytes(system.params, b),
+        "C": lambda b: wire.ciphertext_from_bytes(system.params, b),
+        "B": lambda b: wire.ciphertexts_from_bytes(system.params, b),
+        "D": lambda b: wire.partial_from_bytes(system.params, b),
     }
     data = bytes([d.FORMAT_VERSION, ord(kind)]) + blob
     with contextlib.suppress(ProtocolError, IntegrityError):

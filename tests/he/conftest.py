@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from twofold.crypto import dtpkc
+from twofold.crypto import dtpkc_wire as wire
 from twofold.he.blocks import Blocks
 from twofold.he.randomness import PairPool
 from twofold.he.su import SecondaryUnit
@@ -36,8 +37,8 @@ def crypto() -> Crypto:
 
 @pytest.fixture(scope="session")
 def su(crypto: Crypto) -> SecondaryUnit:
-    registry = {"alice": {"role": "client", "pk": dtpkc.public_key_to_bytes(crypto.client.public).hex()},
-                "olga": {"role": "owner", "pk": dtpkc.public_key_to_bytes(crypto.owner.public).hex()}}
+    registry = {"alice": {"role": "client", "pk": wire.public_key_to_bytes(crypto.client.public).hex()},
+                "olga": {"role": "owner", "pk": wire.public_key_to_bytes(crypto.owner.public).hex()}}
     return SecondaryUnit(None, crypto.params, crypto.share2, crypto.system.public, registry=registry, threads=1)
 
 

@@ -28,6 +28,8 @@ Fermat and Miller-Rabin tests) takes about 1 s (0.3-3 s) on one core, at 3072 bi
 ``primes=`` to skip it. Measured at 2048-bit N on one core: encrypt 22 ms (two powmods), pool refill 4.4 ms
 per pair and pooled encrypt 7 us, WDec 11 ms, SDec 3 ms (CRT; 11 ms without), PSDec1 22 ms + PSDec2 22 ms.
 
+Byte encodings of every type are in :mod:`twofold.crypto.dtpkc_wire`.
+
 Outputs of homomorphic operations are NOT re-randomized (``scalar_mul`` by 0 even gives the trivial (1, 1)):
 call :func:`rerandomize` before a result leaves the party that computed it.
 """
@@ -38,8 +40,6 @@ import hashlib
 import math
 import secrets
 import struct
-import threading
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,9 +49,9 @@ import gmpy2
 from gmpy2 import mpz
 
 from twofold.crypto.integers import as_int as _as_int
-from twofold.errors import IntegrityError, ProtocolError, TwofoldError
+from twofold.errors import IntegrityError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of the byte encodings (dtpkc_wire); the parameters' fingerprint hashes one
 FINGERPRINT_BYTES = 16
 MIN_GENERATED_BITS = 128
 DEFAULT_MIN_BITS = 2048
@@ -59,19 +59,8 @@ _MR_ROUNDS = 40
 _SIEVE_LIMIT = 1 << 16
 _SIEVE_WINDOW = 1 << 14
 
-_KIND_PARAMS = ord("P")
-_KIND_PUBLIC_KEY = ord("K")
-_KIND_WEAK_KEY = ord("W")
-_KIND_SHARE = ord("S")
-_KIND_CIPHERTEXT = ord("C")
-_KIND_CIPHERTEXT_BATCH = ord("B")
-_KIND_PARTIAL = ord("D")
 
 _ONE = mpz(1)
-
-
-class PoolExhaustedError(TwofoldError):
-    """An :class:`EncryptionPool` has no precomputed pair left; refill it (pairs are never reused)."""
 
 
 class RandomSource(Protocol):
@@ -157,7 +146,7 @@ class PublicParams:
     @cached_property
     def fingerprint(self) -> bytes:
         """First 16 bytes of SHA-256 over the serialized parameters; binds keys to their system."""
-        return hashlib.sha256(params_to_bytes(self)).digest()[:FINGERPRINT_BYTES]
+        return hashlib.sha256(canonical_params(self)).digest()[:FINGERPRINT_BYTES]
 
 
 @dataclass(frozen=True)
@@ -533,63 +522,6 @@ class FixedBaseTable:
         return acc
 
 
-class EncryptionPool:
-    """Precomputed (h^r, g^r) pairs for one public key; each pair is consumed exactly once.
-
-    ``refill`` draws a fresh r from :mod:`secrets` per pair and uses fixed-base tables for h and g (about 6x
-    fewer multiplications than powmod). Encryption from the pool then costs one multiplication mod N^2.
-    An empty pool raises :class:`PoolExhaustedError`; it never falls back to reusing a pair. Safe to share
-    between threads (pairs are popped under a lock).
-    """
-
-    def __init__(self, pk: PublicKey, *, window: int = 6, g_table: FixedBaseTable | None = None) -> None:
-        self.public_key = _check_pk(pk)
-        params = pk.params
-        bits = params.bits
-        self._h_table = FixedBaseTable(pk.h, params.n_sq, bits, window)
-        self._g_table = g_table if g_table is not None else FixedBaseTable(params.g, params.n_sq, bits, window)
-        if self._g_table.exp_bits < bits:
-            raise ValueError("g_table does not cover exponents below N")
-        self._pairs: deque[tuple[mpz, mpz]] = deque()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-    def refill(self, count: int) -> None:
-        """Precompute ``count`` more pairs, each from its own fresh r."""
-        count = _as_int(count, "count")
-        if count < 0:
-            raise ValueError("count must be >= 0")
-        n = self.public_key.params.n
-        for _ in range(count):
-            r = _fresh_exponent(n)
-            pair = (self._h_table.pow(r), self._g_table.pow(r))
-            with self._lock:
-                self._pairs.append(pair)
-
-    def take(self) -> tuple[mpz, mpz]:
-        """Remove and return one unused (h^r, g^r) pair."""
-        with self._lock:
-            if not self._pairs:
-                raise PoolExhaustedError("encryption pool is empty: refill it (pairs are never reused)")
-            return self._pairs.popleft()
-
-    def encrypt(self, m: int) -> Ciphertext:
-        """Enc(m) using one precomputed pair."""
-        params = self.public_key.params
-        m = _check_plaintext(params, m)
-        return _from_pair(params, m, *self.take())
-
-    def encrypt_many(self, messages: Iterable[int]) -> list[Ciphertext]:
-        """Encrypt each message with its own pair."""
-        return [self.encrypt(m) for m in messages]
-
-    def rerandomize(self, ct: Ciphertext) -> Ciphertext:
-        """ct times a fresh Enc(0) from the pool."""
-        return add(self.public_key.params, ct, self.encrypt(0))
-
-
 # ---------------------------------------------------------------------------------------------- decryption
 
 
@@ -733,191 +665,10 @@ def sum_ciphertexts(params: PublicParams, cts: Iterable[Ciphertext]) -> Cipherte
     return total
 
 
-# ------------------------------------------------------------------------------------------- serialization
-#
-# Every encoding is: version (1 byte) | kind (1 byte) | fields as fixed-width big-endian integers.
-# Widths: nb = bytes of N, wb = bytes of N^2. Parsing is strict: exact lengths, known version and kind.
-# Format errors raise ProtocolError; ciphertext values out of range raise the opaque IntegrityError.
-
-
-def _header(kind: int) -> bytes:
-    return bytes((FORMAT_VERSION, kind))
-
-
-def _body(data: object, kind: int) -> bytes:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError("expected bytes")
-    data = bytes(data)
-    if len(data) < 2:
-        raise ProtocolError("truncated DT-PKC encoding")
-    if data[0] != FORMAT_VERSION:
-        raise ProtocolError(f"unsupported DT-PKC format version {data[0]}")
-    if data[1] != kind:
-        raise ProtocolError(f"expected DT-PKC object of kind {chr(kind)!r}")
-    return data[2:]
-
-
-def _expect_len(body: bytes, length: int) -> None:
-    if len(body) != length:
-        raise ProtocolError(f"DT-PKC encoding has {len(body)} body bytes, expected {length}")
-
-
-def _widths(params: PublicParams) -> tuple[int, int]:
-    return _byte_len(params.n), _byte_len(params.n_sq)
-
-
-def _fields(body: bytes, widths: Sequence[int]) -> list[mpz]:
-    out, pos = [], 0
-    for w in widths:
-        out.append(mpz(int.from_bytes(body[pos : pos + w], "big")))
-        pos += w
-    return out
-
-
-def _check_fingerprint(params: PublicParams, fp: bytes) -> None:
-    if fp != params.fingerprint:
-        raise ProtocolError("object belongs to different DT-PKC parameters")
-
-
-def params_to_bytes(params: PublicParams) -> bytes:
-    """version | 'P' | u16 nb | N (nb) | g (wb)."""
+def canonical_params(params: PublicParams) -> bytes:
+    """version | 'P' | u16 nb | N (nb bytes) | g (wb bytes): the parameters' encoding, which their fingerprint
+    hashes and :func:`twofold.crypto.dtpkc_wire.params_to_bytes` writes."""
     _check_params_type(params)
-    nb, wb = _widths(params)
-    return _header(_KIND_PARAMS) + struct.pack(">H", nb) + int(params.n).to_bytes(nb, "big") \
+    nb, wb = _byte_len(params.n), _byte_len(params.n_sq)
+    return bytes((FORMAT_VERSION, ord("P"))) + struct.pack(">H", nb) + int(params.n).to_bytes(nb, "big") \
         + int(params.g).to_bytes(wb, "big")
-
-
-def params_from_bytes(data: bytes, *, min_bits: int = DEFAULT_MIN_BITS) -> PublicParams:
-    """Strict inverse of :func:`params_to_bytes`; refuses N shorter than ``min_bits`` (a secure default)."""
-    body = _body(data, _KIND_PARAMS)
-    if len(body) < 3:
-        raise ProtocolError("truncated DT-PKC parameters")
-    (nb,) = struct.unpack(">H", body[:2])
-    n = int.from_bytes(body[2 : 2 + nb], "big")
-    if nb == 0 or body[2] == 0:
-        raise ProtocolError("non-canonical modulus encoding")
-    wb = _byte_len(n * n)
-    _expect_len(body, 2 + nb + wb)
-    g = int.from_bytes(body[2 + nb :], "big")
-    if n.bit_length() < min_bits:
-        raise ProtocolError(f"N has {n.bit_length()} bits, fewer than min_bits={min_bits}")
-    try:
-        return PublicParams(n, g)
-    except ValueError as exc:
-        raise ProtocolError(f"invalid DT-PKC parameters: {exc}") from None
-
-
-def public_key_to_bytes(pk: PublicKey) -> bytes:
-    """version | 'K' | params fingerprint (16) | h (wb)."""
-    params = _check_pk(pk).params
-    return _header(_KIND_PUBLIC_KEY) + params.fingerprint + int(pk.h).to_bytes(_widths(params)[1], "big")
-
-
-def public_key_from_bytes(params: PublicParams, data: bytes) -> PublicKey:
-    """Strict inverse of :func:`public_key_to_bytes` under the given parameters."""
-    body = _body(data, _KIND_PUBLIC_KEY)
-    _expect_len(body, FINGERPRINT_BYTES + _widths(params)[1])
-    _check_fingerprint(params, body[:FINGERPRINT_BYTES])
-    try:
-        return PublicKey(params, int.from_bytes(body[FINGERPRINT_BYTES:], "big"))
-    except ValueError as exc:
-        raise ProtocolError(f"invalid DT-PKC public key: {exc}") from None
-
-
-def weak_key_to_bytes(sk: WeakSecretKey) -> bytes:
-    """version | 'W' | params fingerprint | theta (nb). Secret: wrap it before storing."""
-    if not isinstance(sk, WeakSecretKey):
-        raise TypeError("sk must be WeakSecretKey")
-    return _header(_KIND_WEAK_KEY) + sk.params.fingerprint + int(sk.theta).to_bytes(_widths(sk.params)[0], "big")
-
-
-def weak_key_from_bytes(params: PublicParams, data: bytes) -> WeakSecretKey:
-    """Strict inverse of :func:`weak_key_to_bytes`."""
-    body = _body(data, _KIND_WEAK_KEY)
-    _expect_len(body, FINGERPRINT_BYTES + _widths(params)[0])
-    _check_fingerprint(params, body[:FINGERPRINT_BYTES])
-    try:
-        return WeakSecretKey(params, int.from_bytes(body[FINGERPRINT_BYTES:], "big"))
-    except ValueError as exc:
-        raise ProtocolError(f"invalid DT-PKC weak key: {exc}") from None
-
-
-def share_to_bytes(share: StrongKeyShare) -> bytes:
-    """version | 'S' | role (1) | params fingerprint | value (wb). Secret: wrap it before storing."""
-    if not isinstance(share, StrongKeyShare):
-        raise TypeError("share must be StrongKeyShare")
-    return _header(_KIND_SHARE) + bytes((share.role,)) + share.params.fingerprint \
-        + int(share.value).to_bytes(_widths(share.params)[1], "big")
-
-
-def share_from_bytes(params: PublicParams, data: bytes) -> StrongKeyShare:
-    """Strict inverse of :func:`share_to_bytes`."""
-    body = _body(data, _KIND_SHARE)
-    _expect_len(body, 1 + FINGERPRINT_BYTES + _widths(params)[1])
-    _check_fingerprint(params, body[1 : 1 + FINGERPRINT_BYTES])
-    try:
-        return StrongKeyShare(params, body[0], int.from_bytes(body[1 + FINGERPRINT_BYTES :], "big"))
-    except ValueError as exc:
-        raise ProtocolError(f"invalid DT-PKC key share: {exc}") from None
-
-
-def _ct_bytes(ct: Ciphertext, wb: int) -> bytes:
-    _check_ct_type(ct)
-    return int(ct.t1).to_bytes(wb, "big") + int(ct.t2).to_bytes(wb, "big")
-
-
-def ciphertext_to_bytes(params: PublicParams, ct: Ciphertext) -> bytes:
-    """version | 'C' | T1 (wb) | T2 (wb)."""
-    return _header(_KIND_CIPHERTEXT) + _ct_bytes(ct, _widths(params)[1])
-
-
-def ciphertext_from_bytes(params: PublicParams, data: bytes) -> Ciphertext:
-    """Strict inverse of :func:`ciphertext_to_bytes`; IntegrityError if a value is not a unit mod N^2."""
-    body = _body(data, _KIND_CIPHERTEXT)
-    wb = _widths(params)[1]
-    _expect_len(body, 2 * wb)
-    return _ct_from_fields(params, *_fields(body, (wb, wb)))
-
-
-def _ct_from_fields(params: PublicParams, t1: mpz, t2: mpz) -> Ciphertext:
-    if t1 == 0 or t2 == 0:
-        raise IntegrityError()
-    return validate_ciphertext(params, Ciphertext(t1, t2))
-
-
-def ciphertexts_to_bytes(params: PublicParams, cts: Sequence[Ciphertext]) -> bytes:
-    """version | 'B' | u32 count | count * (T1 | T2)."""
-    wb = _widths(params)[1]
-    return _header(_KIND_CIPHERTEXT_BATCH) + struct.pack(">I", len(cts)) + b"".join(_ct_bytes(c, wb) for c in cts)
-
-
-def ciphertexts_from_bytes(params: PublicParams, data: bytes) -> list[Ciphertext]:
-    """Strict inverse of :func:`ciphertexts_to_bytes`."""
-    body = _body(data, _KIND_CIPHERTEXT_BATCH)
-    if len(body) < 4:
-        raise ProtocolError("truncated DT-PKC ciphertext batch")
-    (count,) = struct.unpack(">I", body[:4])
-    wb = _widths(params)[1]
-    _expect_len(body, 4 + 2 * wb * count)
-    out = []
-    for i in range(count):
-        start = 4 + 2 * wb * i
-        out.append(_ct_from_fields(params, *_fields(body[start : start + 2 * wb], (wb, wb))))
-    return out
-
-
-def partial_to_bytes(params: PublicParams, partial: PartialDecryption) -> bytes:
-    """version | 'D' | CT1 (wb)."""
-    if not isinstance(partial, PartialDecryption):
-        raise TypeError("partial must be PartialDecryption")
-    return _header(_KIND_PARTIAL) + int(partial.value).to_bytes(_widths(params)[1], "big")
-
-
-def partial_from_bytes(params: PublicParams, data: bytes) -> PartialDecryption:
-    """Strict inverse of :func:`partial_to_bytes`; IntegrityError if the value is not a unit mod N^2."""
-    body = _body(data, _KIND_PARTIAL)
-    _expect_len(body, _widths(params)[1])
-    value = mpz(int.from_bytes(body, "big"))
-    if not 0 < value < params.n_sq or gmpy2.gcd(value, params.n) != 1:
-        raise IntegrityError()
-    return PartialDecryption(value)

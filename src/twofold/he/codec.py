@@ -10,18 +10,19 @@ import gmpy2
 from gmpy2 import mpz
 
 from twofold.crypto import dtpkc
+from twofold.crypto import dtpkc_wire as wire
 from twofold.errors import IntegrityError, ProtocolError
 
 KAPPA = 40  # statistical hiding parameter of every additive blinding (bits)
 
 
 def ct_to_bytes(params: dtpkc.PublicParams, ct: dtpkc.Ciphertext) -> bytes:
-    return dtpkc.ciphertext_to_bytes(params, ct)
+    return wire.ciphertext_to_bytes(params, ct)
 
 
 def ct_from_bytes(params: dtpkc.PublicParams, data: bytes) -> dtpkc.Ciphertext:
     """Strict decoding; IntegrityError for values that are not units mod N^2."""
-    return dtpkc.ciphertext_from_bytes(params, data)
+    return wire.ciphertext_from_bytes(params, data)
 
 
 def cts_from_bytes(params: dtpkc.PublicParams, items: Sequence[bytes]) -> list[dtpkc.Ciphertext]:
@@ -29,7 +30,7 @@ def cts_from_bytes(params: dtpkc.PublicParams, items: Sequence[bytes]) -> list[d
 
 
 def partial_to_bytes(params: dtpkc.PublicParams, p: dtpkc.PartialDecryption) -> bytes:
-    return dtpkc.partial_to_bytes(params, p)
+    return wire.partial_to_bytes(params, p)
 
 
 def pair_items(params: dtpkc.PublicParams, cts: Sequence[dtpkc.Ciphertext],
@@ -44,13 +45,13 @@ def load_pairs(params: dtpkc.PublicParams, items: Sequence[Sequence[bytes]]
         if len(item) != 2:
             raise ProtocolError("expected (ciphertext, partial) pairs")
         cts.append(ct_from_bytes(params, item[0]))
-        parts.append(dtpkc.partial_from_bytes(params, item[1]))
+        parts.append(wire.partial_from_bytes(params, item[1]))
     return cts, parts
 
 
 def key_id(pk: dtpkc.PublicKey) -> bytes:
     """The wire identity of a public key: its strict encoding."""
-    return dtpkc.public_key_to_bytes(pk)
+    return wire.public_key_to_bytes(pk)
 
 
 # ------------------------------------------------------------------------------------------------ packing

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from twofold.crypto import dtpkc
+from twofold.crypto import dtpkc_wire as wire
 from twofold.errors import ConfigError, KeyAccessError
 from twofold.fsutil import make_private_dir, write_private
 
@@ -140,14 +141,14 @@ class SystemInfo:
 
     def params(self) -> dtpkc.PublicParams:
         data = _read(self.public / "params.bin")
-        return dtpkc.params_from_bytes(data, min_bits=min(self.key_bits, MIN_SECURE_BITS))
+        return wire.params_from_bytes(data, min_bits=min(self.key_bits, MIN_SECURE_BITS))
 
     def system_key(self, params: dtpkc.PublicParams) -> dtpkc.PublicKey:
-        return dtpkc.public_key_from_bytes(params, _read(self.public / "system.pk"))
+        return wire.public_key_from_bytes(params, _read(self.public / "system.pk"))
 
     def share(self, role: str, params: dtpkc.PublicParams) -> dtpkc.StrongKeyShare:
         """The strong-key share of 'mu' (role 1) or 'su' (role 2); only that server calls this."""
-        share = dtpkc.share_from_bytes(params, _read(self.root / role / "share.bin"))
+        share = wire.share_from_bytes(params, _read(self.root / role / "share.bin"))
         if share.role != {"mu": 1, "su": 2}[role]:
             raise KeyAccessError(f"{role}/share.bin holds the wrong share")
         return share
@@ -165,8 +166,8 @@ class SystemInfo:
     def party_key(self, name: str, params: dtpkc.PublicParams) -> dtpkc.UserKeyPair:
         """An enrolled party's own DT-PKC key pair (read only by that party)."""
         base = self.party_dir(name)
-        pk = dtpkc.public_key_from_bytes(params, _read(base / "user.pk"))
-        sk = dtpkc.weak_key_from_bytes(params, _read(base / "user.sk"))
+        pk = wire.public_key_from_bytes(params, _read(base / "user.pk"))
+        sk = wire.weak_key_from_bytes(params, _read(base / "user.sk"))
         if sk.public_key != pk:
             raise KeyAccessError(f"key pair of {name} is inconsistent")
         return dtpkc.UserKeyPair(pk, sk)
@@ -215,10 +216,10 @@ def init_system(root: Path | str, key_bits: int = 2048, *, allow_insecure: bool 
         (root / sub).mkdir(parents=True, exist_ok=True)
     for sub in ("ca", "mu", "su", "parties"):
         make_private_dir(root / sub)
-    (root / "public" / "params.bin").write_bytes(dtpkc.params_to_bytes(params))
-    (root / "public" / "system.pk").write_bytes(dtpkc.public_key_to_bytes(system_pk))
-    write_private(root / "mu" / "share.bin", dtpkc.share_to_bytes(share1))
-    write_private(root / "su" / "share.bin", dtpkc.share_to_bytes(share2))
+    (root / "public" / "params.bin").write_bytes(wire.params_to_bytes(params))
+    (root / "public" / "system.pk").write_bytes(wire.public_key_to_bytes(system_pk))
+    write_private(root / "mu" / "share.bin", wire.share_to_bytes(share1))
+    write_private(root / "su" / "share.bin", wire.share_to_bytes(share2))
     ca_key = _new_key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "twofold"),
                          x509.NameAttribute(NameOID.COMMON_NAME, "twofold HE system CA")])
@@ -258,12 +259,12 @@ def enroll(info: SystemInfo, name: str, role: str) -> Path:
     params = info.params()
     pair = dtpkc.generate_user_key(params)
     base = make_private_dir(info.party_dir(name))
-    (base / "user.pk").write_bytes(dtpkc.public_key_to_bytes(pair.public))
-    write_private(base / "user.sk", dtpkc.weak_key_to_bytes(pair.secret))
+    (base / "user.pk").write_bytes(wire.public_key_to_bytes(pair.public))
+    write_private(base / "user.sk", wire.weak_key_to_bytes(pair.secret))
     ca_cert, ca_key = _load_ca(info)
     cert_pem, key_pem = issue_certificate(ca_cert, ca_key, name, role)
     (base / "tls.pem").write_bytes(cert_pem)
     write_private(base / "tls.key", key_pem)
     entry.write_text(json.dumps({"name": name, "role": role,
-                                 "pk": dtpkc.public_key_to_bytes(pair.public).hex()}) + "\n")
+                                 "pk": wire.public_key_to_bytes(pair.public).hex()}) + "\n")
     return base

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 
 from twofold.crypto import dtpkc
+from twofold.crypto import dtpkc_wire as wire
 from twofold.errors import ConfigError, InputError, KeyAccessError, ProtocolError, ServiceError, TwofoldError
 from twofold.fsutil import make_private_dir, write_private
 from twofold.he import codec, fastexp
@@ -174,7 +175,7 @@ class MasterUnit:
         entry = self.info.registry().get(name)
         if entry is None or entry["role"] != role or bytes.fromhex(entry["pk"]) != key:
             raise KeyAccessError("ciphertexts are under a key that is not registered to this party")
-        return dtpkc.public_key_from_bytes(self.params, key)
+        return wire.public_key_from_bytes(self.params, key)
 
     def _load(self, path: Path) -> dict[str, Any] | None:
         if not path.exists():

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twofold.crypto import dtpkc
+from twofold.crypto import dtpkc_wire as wire
 from twofold.errors import InputError, KeyAccessError, ProtocolError
 from twofold.he import codec, fastexp
 from twofold.he.keys import SystemInfo
@@ -100,7 +101,7 @@ class SecondaryUnit:
         def make() -> PairPool:
             if key not in self._known_keys():
                 raise KeyAccessError("target public key is not registered with this system")
-            return PairPool(dtpkc.public_key_from_bytes(self.params, key))
+            return PairPool(wire.public_key_from_bytes(self.params, key))
 
         return self._pools.get(key, make)
 

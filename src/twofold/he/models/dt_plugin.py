@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twofold.crypto import dtpkc
+from twofold.crypto import dtpkc_wire as wire
 from twofold.errors import InputError, ProtocolError, ServiceError
 from twofold.he import codec
 from twofold.he.blocks import Blocks
@@ -78,7 +79,7 @@ class DecisionTree(HEModel):
                 cells += rec
                 bins.append((size, cols))
                 at += n
-            owners.append(dt.OwnerRecords(dtpkc.public_key_from_bytes(mu.params, doc["key"]), cells, bins))
+            owners.append(dt.OwnerRecords(wire.public_key_from_bytes(mu.params, doc["key"]), cells, bins))
         return owners
 
     def train(self, mu: MUContext, schema: Any, body: dict[str, Any], progress: Progress) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import numpy as np
 from gmpy2 import mpz
 
 from twofold.crypto import dtpkc
+from twofold.crypto import dtpkc_wire as wire
 from twofold.errors import InputError, ProtocolError
 from twofold.he import codec, fastexp
 from twofold.he.blocks import Blocks
@@ -315,7 +316,7 @@ class Session:
                 raise InputError("an owner's records do not match the schema")
             parts: list[mpz | None] = [None] * len(cts)
             if owner.partials is not None and len(owner.partials) == len(cts):
-                parts = [dtpkc.partial_from_bytes(p, b).value for b in owner.partials]
+                parts = [wire.partial_from_bytes(p, b).value for b in owner.partials]
             records += [(o, cts[r * lay.a_cts:(r + 1) * lay.a_cts], parts[r * lay.a_cts:(r + 1) * lay.a_cts])
                         for r in range(owner.records)]
 

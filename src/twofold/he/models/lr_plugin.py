@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twofold.crypto import dtpkc
+from twofold.crypto import dtpkc_wire as wire
 from twofold.errors import InputError, ProtocolError, ServiceError
 from twofold.he import codec, fastexp
 from twofold.he.blocks import Blocks
@@ -22,7 +23,7 @@ def run_fingerprint(owners: list[lr.OwnerData], weights: list[bytes] | None, ite
     """Identifies one Priv-LR run: the stored records and statistics, the starting weights and the step count."""
     digest = hashlib.sha256(f"lr-run-v1:{iterations}:{len(owners)}".encode())
     for owner in owners:
-        digest.update(dtpkc.public_key_to_bytes(owner.pk))
+        digest.update(wire.public_key_to_bytes(owner.pk))
         digest.update(owner.records.to_bytes(8, "big"))
         for blob in [*owner.x, *owner.stats]:
             digest.update(len(blob).to_bytes(4, "big") + blob)
@@ -84,7 +85,7 @@ class LogisticRegression(HEModel):
         doc["stats"] = [codec.ct_to_bytes(mu.params, c) for c in agg or []]
 
     def train(self, mu: MUContext, schema: Any, body: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        owners = [lr.OwnerData(dtpkc.public_key_from_bytes(mu.params, d["key"]), d["records"], d["x"], d["stats"],
+        owners = [lr.OwnerData(wire.public_key_from_bytes(mu.params, d["key"]), d["records"], d["x"], d["stats"],
                                d.get("xp")) for _, d in mu.owner_docs(self)]
         prev = None if body["fresh"] else mu.stored_model("lr")
         target = body["iterations"] or lr.ITERATIONS

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twofold.crypto import dtpkc
+from twofold.crypto import dtpkc_wire as wire
 from twofold.errors import InputError, ServiceError
 from twofold.he import codec
 from twofold.he.blocks import Blocks
@@ -68,7 +69,7 @@ class NaiveBayes(HEModel):
 
     def train(self, mu: MUContext, schema: Any, body: dict[str, Any], progress: Progress) -> dict[str, Any]:
         docs = [d for _, d in mu.owner_docs(self) if d["agg"]]
-        owners = [(dtpkc.public_key_from_bytes(mu.params, d["key"]), d["agg"]) for d in docs]
+        owners = [(wire.public_key_from_bytes(mu.params, d["key"]), d["agg"]) for d in docs]
         records = sum(d["records"] for d in docs)
         before, start = mu.su_bytes(), time.perf_counter()
         try:
