@@ -67,13 +67,15 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(workdir: Path | None = None, console: Console | None = None, he_key_bits: int = 2048) -> None:
-    """Run the demo in ``workdir`` (a fresh temporary directory by default), removing what it created."""
+def run(workdir: Path | None = None, console: Console | None = None, he_key_bits: int = 2048,
+        quiet: bool = True) -> None:
+    """Run the demo in ``workdir`` (a fresh temporary directory by default), removing what it created; ``quiet``
+    keeps Spark's console quiet (see :func:`twofold.spark.get_spark`)."""
     console = console or Console()
     own_dir = workdir is None
     root = Path(tempfile.mkdtemp(prefix="twofold-demo-")) if own_dir else Path(workdir)
     narrator = Narrator(console)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"quiet": quiet}
     try:
         with _terminate_as_interrupt():
             console.rule("twofold demo: embedded default (local Spark, SIMULATED enclave, loopback services)")
@@ -143,7 +145,7 @@ def _spark(state: dict[str, Any]) -> str:
     from twofold.spark.session import get_spark
 
     services, dataset, table = state["services"], state["dataset"], state["table"]
-    spark = get_spark()
+    spark = get_spark(quiet=state["quiet"])
     columns = [c for c in table.column_names if c != "label"]
     vanilla_frame = jobs.assemble(spark.createDataFrame(table.to_pandas()), columns).cache()
     vanilla = MllibLogisticRegression(labelCol="label", **LOGREG).fit(vanilla_frame)

@@ -36,7 +36,7 @@ def test_enclave_imports_only_crypto_errors_and_numeric_libraries():
                 top = name.split(".")[0]
                 if top == "twofold":
                     assert name == "twofold" or name.startswith(("twofold.enclave", "twofold.crypto",
-                                                                  "twofold.errors")), (path, name)
+                                                                  "twofold.errors", "twofold.framing")), (path, name)
                 else:
                     assert top in stdlib or top in ALLOWED_THIRD_PARTY or top == "__future__", (path, name)
 

@@ -29,7 +29,7 @@ from twofold.crypto.kdf import Argon2Params
 from twofold.data import EncryptedDataset
 from twofold.enclave.kernels.base import algorithm as kernel
 from twofold.keys.keystore import Keystore
-from twofold.spark import jobs
+from twofold.spark import catalog, jobs
 from twofold.spark.embedded import job_services
 from twofold.spark.files import encrypted_files
 from twofold.spark.host_enclave import HostEnclave
@@ -40,11 +40,13 @@ from twofold.spark.whole import read_encrypted
 PASSPHRASE = "benchmark passphrase"
 SHORT_JOB_SECONDS = 5.0  # an algorithm whose vanilla round takes less than this ...
 SHORT_JOB_ROUNDS = 2  # ... runs this many times the rounds asked for
-ALGORITHMS = ("logreg", "linreg", "kmeans", "naive_bayes", "pca")
 PARAMS = {"logreg": {"maxIter": 100, "tol": 1e-6}, "linreg": {}, "kmeans": {"k": 5, "maxIter": 20, "tol": 1e-4,
           "seed": 11}, "naive_bayes": {"modelType": "gaussian"}, "pca": {"k": 5}}
-METRICS = {"logreg": "accuracy", "linreg": "r2", "kmeans": "cost", "naive_bayes": "accuracy",
-           "pca": "explained_variance"}
+# What each kind of algorithm (catalog task) is measured by, and on which synthetic table.
+METRIC_OF_TASK = {"classification": "accuracy", "regression": "r2", "clustering": "cost",
+                  "decomposition": "explained_variance"}
+TABLE_OF_TASK = {"classification": "classification", "regression": "regression", "clustering": "blobs",
+                 "decomposition": "regression"}
 
 
 def synthetic(rows: int, cols: int, seed: int = 1) -> dict[str, pa.Table]:
@@ -63,10 +65,6 @@ def synthetic(rows: int, cols: int, seed: int = 1) -> dict[str, pa.Table]:
     }
 
 
-DATASET_OF = {"logreg": "classification", "naive_bayes": "classification", "linreg": "regression",
-              "pca": "regression", "kmeans": "blobs"}
-
-
 def _numpy(table: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
     names = [c for c in table.column_names if c != "label"]
     X = np.column_stack([table.column(c).to_numpy() for c in names])
@@ -75,12 +73,13 @@ def _numpy(table: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
 
 def metric_of_weights(algorithm: str, weights: dict[str, np.ndarray], X: np.ndarray, y: np.ndarray | None) -> float:
     """The quality measure of a partitioned model, computed by the owner on the plaintext."""
-    if algorithm == "pca":
+    task = catalog.get(algorithm).task
+    if task == "decomposition":
         return float(np.sum(weights["explainedVariance"]))
     prediction = kernel(algorithm).predict(weights, X, PARAMS[algorithm])
-    if algorithm in ("logreg", "naive_bayes"):
+    if task == "classification":
         return float(np.mean(prediction == y))
-    if algorithm == "linreg":
+    if task == "regression":
         return float(1 - np.sum((y - prediction) ** 2) / np.sum((y - y.mean()) ** 2))
     return float(weights["cost"][0])
 
@@ -88,11 +87,12 @@ def metric_of_weights(algorithm: str, weights: dict[str, np.ndarray], X: np.ndar
 def metric_of_mllib(algorithm: str, model: Any, frame: Any) -> float:
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 
-    if algorithm == "pca":
+    task = catalog.get(algorithm).task
+    if task == "decomposition":
         return float(np.sum(model.explainedVariance.toArray()))
-    if algorithm == "linreg":
+    if task == "regression":
         return float(model.summary.r2)
-    if algorithm == "kmeans":
+    if task == "clustering":
         return float(model.summary.trainingCost)
     return float(MulticlassClassificationEvaluator(metricName="accuracy").evaluate(model.transform(frame)))
 
@@ -152,7 +152,8 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def run(rows: int, cols: int, algorithms: list[str], partitions: int | None = None, master: str | None = None,
-        log: Callable[[str], None] = lambda _: None, repeats: int = 1, warmup_rounds: int = 1) -> dict[str, Any]:
+        log: Callable[[str], None] = lambda _: None, repeats: int = 1, warmup_rounds: int = 1,
+        quiet: bool = True) -> dict[str, Any]:
     partitions = partitions or 8
     rows_per_file = -(-rows // partitions)
     tables = synthetic(rows, cols)
@@ -160,7 +161,7 @@ def run(rows: int, cols: int, algorithms: list[str], partitions: int | None = No
     with tempfile.TemporaryDirectory(prefix="twofold-bench-spark-") as tmp:
         root = Path(tmp)
         store = Keystore.create(root / "ks", PASSPHRASE, Argon2Params(memory_kib=8192, iterations=1))
-        needed = sorted({DATASET_OF[a] for a in algorithms})
+        needed = sorted({TABLE_OF_TASK[catalog.get(a).task] for a in algorithms})
         encrypted, plain = {}, {}
         for name in needed:
             encrypted[name] = EncryptedDataset.write(tables[name], root / f"{name}.enc", store,
@@ -180,7 +181,7 @@ def run(rows: int, cols: int, algorithms: list[str], partitions: int | None = No
                           passphrase=PASSPHRASE, cache_mib=16384) as services:
             # A fixed-size heap: no timed phase pays for the JVM growing its heap again after a collection.
             memory = os.environ.get("TWOFOLD_SPARK_DRIVER_MEMORY", "4g")
-            spark = get_spark(master, "twofold-bench", java_options=f"-Xms{memory}",
+            spark = get_spark(master, "twofold-bench", java_options=f"-Xms{memory}", quiet=quiet,
                               **{"spark.driver.memory": memory})
             _warm_up(spark, services.kbs_url, root / "warm.parquet", warm_encrypted.path, algorithms,
                      [c for c in warm.column_names if c != "label"])
@@ -200,8 +201,9 @@ def run(rows: int, cols: int, algorithms: list[str], partitions: int | None = No
 def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, encrypted: dict, plain: dict,
                      partitions: int, log: Callable[[str], None], repeats: int = 1, warmup_rounds: int = 1
                      ) -> list[dict[str, Any]]:
-    name = DATASET_OF[algorithm]
-    label = "label" if algorithm in ("logreg", "naive_bayes", "linreg") else ""
+    spec = catalog.get(algorithm)
+    name = TABLE_OF_TASK[spec.task]
+    label = "label" if spec.uses_label else ""
     columns = [c for c in tables[name].column_names if c != "label"]
     params = PARAMS[algorithm]
     X, y = _numpy(tables[name])
@@ -243,9 +245,9 @@ def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, en
 
     def partitioned(release: str) -> dict[str, Any]:
         HostEnclave(services.enclave).call("close_dataset", dataset_id=encrypted[name].dataset_id)  # from scratch
-        estimator = jobs.PARTITIONED[algorithm](release=release, enclaveSocket=services.enclave.socket,
-                                                kbsUrl=services.kbs_url, inputCols=columns,
-                                                **({"labelCol": label} if label else {}), **params)
+        estimator = spec.partitioned_class()(release=release, enclaveSocket=services.enclave.socket,
+                                             kbsUrl=services.kbs_url, inputCols=columns,
+                                             **({"labelCol": label} if label else {}), **params)
         seconds, fitted = _timed(lambda: estimator.fit(encrypted_files(spark, encrypted[name].path)))
         weights = fitted.model_file.open_arrays(encrypted[name]._wrapper)
         return {"seconds": seconds, "metric": metric_of_weights(algorithm, weights, X, y), "passes": fitted.passes,
@@ -273,11 +275,11 @@ def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, en
         if round_index == 0 and best["vanilla"]["seconds"] < SHORT_JOB_SECONDS:
             rounds = SHORT_JOB_ROUNDS * repeats  # short fits are noisier: more rounds for the same confidence
         round_index += 1
-    out = []
+    out, metric = [], METRIC_OF_TASK[spec.task]
     for mode, row in best.items():
         out.append({"algorithm": algorithm, "mode": mode, "seconds": row.pop("seconds"),
-                    "metric_name": METRICS[algorithm], "metric": row.pop("metric"), "rounds_seconds": every[mode],
+                    "metric_name": metric, "metric": row.pop("metric"), "rounds_seconds": every[mode],
                     "warmup_seconds": warmup[mode],
                     **row})
-        log(f"{algorithm:<12} {mode:<24} {out[-1]['seconds']:7.2f} s   {METRICS[algorithm]} {out[-1]['metric']:.6g}")
+        log(f"{algorithm:<12} {mode:<24} {out[-1]['seconds']:7.2f} s   {metric} {out[-1]['metric']:.6g}")
     return out

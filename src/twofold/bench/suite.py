@@ -25,7 +25,7 @@ QUICK = {
 }
 
 
-def _runners(log: Callable[[str], None]) -> dict[str, Callable[..., dict[str, Any]]]:
+def _runners(log: Callable[[str], None], quiet: bool) -> dict[str, Callable[..., dict[str, Any]]]:
     def encrypt(**kw: Any) -> dict[str, Any]:
         from twofold.bench import encrypt as module
 
@@ -38,8 +38,10 @@ def _runners(log: Callable[[str], None]) -> dict[str, Callable[..., dict[str, An
 
     def spark(**kw: Any) -> dict[str, Any]:
         from twofold.bench import spark_bench
+        from twofold.spark import catalog
 
-        return spark_bench.run(kw["rows"], kw["cols"], list(spark_bench.ALGORITHMS), kw["partitions"], log=log)
+        return spark_bench.run(kw["rows"], kw["cols"], list(catalog.ALGORITHMS), kw["partitions"], log=log,
+                               quiet=quiet)
 
     def he(**kw: Any) -> dict[str, Any]:
         from twofold.bench import he as module
@@ -55,13 +57,14 @@ def _runners(log: Callable[[str], None]) -> dict[str, Callable[..., dict[str, An
     return {"encrypt": encrypt, "kbs": kbs, "spark": spark, "he": he, "torch": torch}
 
 
-def run(quick: bool = False, only: list[str] | None = None, log: Callable[[str], None] = lambda _: None
-        ) -> dict[str, Any]:
-    """Run the benchmarks; one that fails is recorded with its error and the rest still run."""
+def run(quick: bool = False, only: list[str] | None = None, log: Callable[[str], None] = lambda _: None,
+        quiet: bool = True) -> dict[str, Any]:
+    """Run the benchmarks; one that fails is recorded with its error and the rest still run (``quiet``: see
+    :func:`twofold.spark.get_spark`)."""
     sizes = QUICK if quick else FULL
     runs: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    for name, runner in _runners(log).items():
+    for name, runner in _runners(log, quiet).items():
         if only and name not in only:
             continue
         if name == "torch":

@@ -1,4 +1,5 @@
-"""The ``twofold`` command. Errors become one-line messages and exit codes; ``--debug`` shows tracebacks."""
+"""The ``twofold`` command. Errors become one-line messages and exit codes; ``--debug`` shows tracebacks (and the
+Spark console: JVM notices and Spark's own logs)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from twofold.errors import TwofoldError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="twofold")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors, and Spark's own console output.")
 def cli(debug: bool) -> None:
     """twofold: train and serve models on infrastructure you do not trust."""
 

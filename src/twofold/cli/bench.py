@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from twofold.bench.common import write_json
-from twofold.cli.common import info
+from twofold.cli.common import debug_requested, info
+from twofold.spark import catalog
 
 json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
                            default=None, help="Write results to this JSON file.")
@@ -97,7 +98,7 @@ def bench_torch(device: str, synthetic_rows: int, epochs: int, repeats: int, jso
 @bench.command("spark")
 @click.option("--rows", type=click.IntRange(min=1000), default=500_000, show_default=True)
 @click.option("--cols", type=click.IntRange(min=2), default=50, show_default=True)
-@click.option("--algorithms", default="logreg,linreg,kmeans,naive_bayes,pca", show_default=True)
+@click.option("--algorithms", default=",".join(catalog.ALGORITHMS), show_default=True)
 @click.option("--partitions", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--master", default=None, help="Spark master (default local[*]).")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
@@ -111,11 +112,11 @@ def bench_spark(rows: int, cols: int, algorithms: str, partitions: int, master: 
     from twofold.bench import spark_bench
 
     chosen = [a.strip() for a in algorithms.split(",") if a.strip()]
-    unknown = sorted(set(chosen) - set(spark_bench.ALGORITHMS))
+    unknown = sorted(set(chosen) - set(catalog.ALGORITHMS))
     if unknown:
         raise click.BadParameter(f"unknown algorithms {unknown}", param_hint="--algorithms")
     result = spark_bench.run(rows, cols, chosen, partitions, master, log=info, repeats=repeats,
-                             warmup_rounds=warmup_rounds)
+                             warmup_rounds=warmup_rounds, quiet=not debug_requested())
     for row in result["results"]:
         if row["mode"] != "vanilla":
             info(f"{row['algorithm']:<12} {row['mode']:<24} {row['ratio_to_vanilla']:.2f}x vanilla")
@@ -130,7 +131,7 @@ def bench_all(quick: bool, only: str | None, json_path: Path | None) -> None:
     """Run every benchmark (encrypt, kbs, spark, he, torch) and record the machine."""
     from twofold.bench import suite
 
-    result = suite.run(quick, only.split(",") if only else None, log=info)
+    result = suite.run(quick, only.split(",") if only else None, log=info, quiet=not debug_requested())
     write_json(json_path, result)
     if result["errors"]:
         info(f"finished with problems: {result['errors']}")

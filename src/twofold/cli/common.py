@@ -46,6 +46,12 @@ def unlock(keystore_dir: Path) -> Keystore:
     return Keystore.open(keystore_dir, get_passphrase())
 
 
+def debug_requested() -> bool:
+    """Whether ``twofold --debug`` was given: full tracebacks, and the console as Spark makes it."""
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("debug"))
+
+
 def info(message: str) -> None:
     err_console.print(message, highlight=False, soft_wrap=True)
 
@@ -59,3 +65,19 @@ def progress_bar(description: str, total: int | None, unit: str = "rows") -> Ite
                   disable=not err_console.is_terminal) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+@contextmanager
+def step_progress(description: str) -> Iterator[Callable[[dict], None]]:
+    """A rich progress bar fed by a server's heartbeats; yields ``update(progress)`` for {step, done, total}."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[step]}"), TimeElapsedColumn(), console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as progress:
+        task = progress.add_task(description, total=None, step="")
+
+        def update(state: dict) -> None:
+            if "done" in state:
+                progress.update(task, completed=state["done"], total=state.get("total") or None,
+                                step=str(state.get("step", "")))
+
+        yield update

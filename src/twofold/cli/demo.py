@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from twofold.cli.common import debug_requested
+
 
 @click.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -18,4 +20,4 @@ def demo(workdir: Path | None, he_key_bits: str) -> None:
 
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-    demo_module.run(workdir, he_key_bits=int(he_key_bits))
+    demo_module.run(workdir, he_key_bits=int(he_key_bits), quiet=not debug_requested())

@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from twofold.cli.common import get_passphrase, info, progress_bar
+from twofold.cli.common import debug_requested, get_passphrase, info, progress_bar
 from twofold.errors import ConfigError
-
-ALGORITHMS = ["logreg", "linreg", "kmeans", "naive_bayes", "pca"]
-
-
-def _params(**options: Any) -> dict[str, Any]:
-    names = {"max_iter": "maxIter", "reg_param": "regParam", "elastic_net_param": "elasticNetParam", "tol": "tol",
-             "k": "k", "seed": "seed", "model_type": "modelType", "smoothing": "smoothing"}
-    return {names[k]: v for k, v in options.items() if v is not None}
+from twofold.spark import catalog
 
 
-def _supported(algorithm: str, params: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"logreg": {"maxIter", "regParam", "elasticNetParam", "tol"},
-               "linreg": {"maxIter", "regParam", "elasticNetParam", "tol"},
-               "kmeans": {"maxIter", "tol", "k", "seed"}, "naive_bayes": {"modelType", "smoothing"}, "pca": {"k"}}
-    unknown = set(params) - allowed[algorithm]
-    if unknown:
-        raise ConfigError(f"{algorithm} does not take {sorted(unknown)}")
-    return params
+def hyperparameter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per hyper-parameter of the catalog (``maxIter`` -> ``--max-iter``), unset unless given."""
+    for name, takers in reversed(catalog.by_param().items()):
+        param, option = takers[0][1], catalog.flag(name)
+        doc = " or ".join(dict.fromkeys(p.doc for _, p in takers))
+        uses = ", ".join(f"{algorithm.name} (default {p.default})" for algorithm, p in takers)
+        if param.type is bool:
+            decls, kind = [f"{option}/--no-{option[2:]}"], {}
+        else:
+            decls, kind = [option], {"type": click.Choice(param.choices) if param.choices else param.type}
+        command = click.option(*decls, name, default=None, help=f"{doc[0].upper()}{doc[1:]}: {uses}.", **kind)(command)
+    return command
+
+
+def _params(algorithm: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters given on the command line; a ConfigError names those ``algorithm`` does not take."""
+    return catalog.get(algorithm).check({k: v for k, v in options.items() if v is not None}, spell=catalog.flag)
 
 
 def _owner(keystore_dir: Path | None):
@@ -42,7 +45,7 @@ def _owner(keystore_dir: Path | None):
 @click.command()
 @click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Sealed model file.")
-@click.option("--algorithm", required=True, type=click.Choice(ALGORITHMS))
+@click.option("--algorithm", required=True, type=click.Choice(list(catalog.ALGORITHMS)))
 @click.option("--mode", type=click.Choice(["whole", "partitioned"]), default="partitioned", show_default=True)
 @click.option("--release", type=click.Choice(["statistics", "sealed"]), default="statistics", show_default=True,
               help="Partitioned mode: what leaves the enclave.")
@@ -52,14 +55,7 @@ def _owner(keystore_dir: Path | None):
 @click.option("--master", default=None, help="Spark master (default local[*]).")
 @click.option("--label", default=None, help="Label column (default: the dataset's).")
 @click.option("--features", default=None, help="Comma-separated feature columns (default: all numeric).")
-@click.option("--max-iter", type=int, default=None)
-@click.option("--reg-param", type=float, default=None)
-@click.option("--elastic-net-param", type=float, default=None)
-@click.option("--tol", type=float, default=None)
-@click.option("--k", type=int, default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--model-type", type=click.Choice(["multinomial", "gaussian"]), default=None)
-@click.option("--smoothing", type=float, default=None)
+@hyperparameter_options
 def train(dataset: Path, out: Path, algorithm: str, mode: str, release: str, keystore_dir: Path | None,
           kbs_url: str | None, master: str | None, label: str | None, features: str | None, **options: Any) -> None:
     """Train on an encrypted dataset; the model is written sealed (only the owner and attested code open it)."""
@@ -69,14 +65,14 @@ def train(dataset: Path, out: Path, algorithm: str, mode: str, release: str, key
 
     if out.exists():
         raise ConfigError(f"{out} exists; choose a new model path")
-    params = _supported(algorithm, _params(**options))
+    params = _params(algorithm, options)
     if keystore_dir is None and kbs_url is None:
         raise ConfigError("pass --keystore (embedded key broker) or --kbs URL")
     _, passphrase = _owner(keystore_dir) if kbs_url is None else (None, None)
     started = time.perf_counter()
     with job_services([str(dataset)], keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url) as services:
         info(f"enclave: SIMULATION backend; key broker {services.kbs_url}")
-        spark = get_spark(master)
+        spark = get_spark(master, quiet=not debug_requested())
         with progress_bar(f"{algorithm} ({mode}{'/' + release if mode == 'partitioned' else ''})", None,
                           "passes") as advance:
             result = jobs.train(spark, dataset, algorithm, mode, release, services.enclave, params, label,
@@ -109,7 +105,7 @@ def predict(model_path: Path, dataset: Path, out: Path, keystore_dir: Path, kbs_
         raise ConfigError(f"output {out} already exists; choose a new directory")
     needed = [str(dataset), model.dataset_id]
     with job_services(needed, keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url) as services:
-        spark = get_spark(master)
+        spark = get_spark(master, quiet=not debug_requested())
         with progress_bar("predicting", None, "partitions"):
             table = jobs.predict(spark, model, dataset, services.enclave, owner)
     written = jobs.write_predictions(table, out, owner)

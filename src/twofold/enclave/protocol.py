@@ -2,51 +2,39 @@
 
 Request:   {"v": 1, "id": int, "call": str, "args": {field: value}}
 Response:  {"v": 1, "id": int, "ok": true, "result": {field: value}}
-           {"v": 1, "id": int, "ok": false, "error": {"type": str, "message": str}}
+           {"v": 1, "id": int, "ok": false, "error": {"code": str, "message": str}}
 Heartbeat: {"v": 1, "id": int, "busy": true}
 
 One request is in flight per connection: the enclave reads the next request only after it has answered the
 current one. While an ecall runs (or waits for a worker), the enclave sends heartbeats carrying the request's id,
 the first about a second after the request and then every heartbeat interval, so a client can tell a long ecall
 from a frozen enclave by silence alone. An error about the connection itself (bad framing, too many
-connections) carries id -1 and is followed by the enclave closing the connection.
+connections) carries id -1 and is followed by the enclave closing the connection. Error codes are those of
+:mod:`twofold.errors` (one per class); frames are :mod:`twofold.framing`'s.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
-import msgpack
-
+from twofold import framing
 from twofold.errors import ProtocolError
 
 VERSION = 1
 MAX_FRAME = 512 << 20
 CONNECTION_ID = -1  # the id of an error that concerns the connection, not one request
-_HEADER = struct.Struct(">I")
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:
-    payload = msgpack.packb(message, use_bin_type=True)
-    if len(payload) > MAX_FRAME:
-        raise ProtocolError(f"message of {len(payload)} bytes exceeds the {MAX_FRAME} byte limit")
-    return _HEADER.pack(len(payload)) + payload
+    return framing.encode(message, MAX_FRAME)
 
 
 def frame_length(header: bytes) -> int:
-    (length,) = _HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
-    return length
+    return framing.length(header, MAX_FRAME)
 
 
 def decode_payload(payload: bytes) -> dict[str, Any]:
-    try:
-        message = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_bin_len=MAX_FRAME,
-                                  max_str_len=1 << 20, max_array_len=1 << 24, max_map_len=1 << 16)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError):
-        raise ProtocolError("frame is not valid msgpack") from None
+    message = framing.decode(payload)
     if not isinstance(message, dict):
         raise ProtocolError("frame must be a map")
     if message.get("v") != VERSION:
@@ -69,6 +57,6 @@ def is_heartbeat(message: dict[str, Any]) -> bool:
     return message.get("busy") is True and "ok" not in message
 
 
-def error_reply(call_id: int, kind: str, message: str) -> dict[str, Any]:
-    """A data-free error reply of type ``kind``."""
-    return {"v": VERSION, "id": call_id, "ok": False, "error": {"type": kind, "message": message}}
+def error_reply(call_id: int, code: str, message: str) -> dict[str, Any]:
+    """A data-free error reply with an error ``code`` of :mod:`twofold.errors`."""
+    return {"v": VERSION, "id": call_id, "ok": False, "error": {"code": code, "message": message}}

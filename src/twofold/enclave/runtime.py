@@ -35,7 +35,7 @@ from twofold.enclave.protocol import (
 )
 from twofold.enclave.registry import REGISTRY, check
 from twofold.enclave.state import EnclaveState
-from twofold.errors import ProtocolError, TwofoldError
+from twofold.errors import ProtocolError, ServiceError, TwofoldError
 
 log = logging.getLogger("twofold.enclave")
 
@@ -63,10 +63,10 @@ def dispatch(state: EnclaveState, message: dict[str, Any]) -> dict[str, Any]:
         result = check(entry.result, entry.handler(state, **args), f"result of {entry.name}")
         return {"v": VERSION, "id": call_id, "ok": True, "result": result}
     except TwofoldError as exc:
-        return error_reply(call_id, type(exc).__name__, str(exc))
+        return error_reply(call_id, exc.code, str(exc))
     except Exception as exc:
         log.error("ecall failed with %s", type(exc).__name__)
-        return error_reply(call_id, "InternalError", "internal error in the enclave")
+        return error_reply(call_id, ServiceError.code, "internal error in the enclave")
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ async def _send(writer: asyncio.StreamWriter, message: dict[str, Any], limits: L
     try:
         frame = encode_frame(message)
     except ProtocolError as exc:  # a result too large to send: say so instead of dropping the connection
-        frame = encode_frame(error_reply(request_id(message), "ProtocolError", str(exc)))
+        frame = encode_frame(error_reply(request_id(message), ProtocolError.code, str(exc)))
     writer.write(frame)
     await asyncio.wait_for(writer.drain(), limits.send_s)
 
@@ -141,7 +141,7 @@ async def _serve_requests(state: EnclaveState, pool: ThreadPoolExecutor, activit
         try:
             message = await _read_request(reader, limits)
         except ProtocolError as exc:
-            await _send(writer, error_reply(CONNECTION_ID, "ProtocolError", str(exc)), limits)
+            await _send(writer, error_reply(CONNECTION_ID, ProtocolError.code, str(exc)), limits)
             return  # framing is no longer trustworthy on this connection
         if message is None:
             return
@@ -160,7 +160,7 @@ async def _serve_connection(state: EnclaveState, pool: ThreadPoolExecutor, activ
     try:
         if full:
             message = f"the enclave already serves its maximum of {limits.max_connections} connections"
-            await _send(writer, error_reply(CONNECTION_ID, "ServiceError", message), limits)
+            await _send(writer, error_reply(CONNECTION_ID, ServiceError.code, message), limits)
         else:
             await _serve_requests(state, pool, activity, limits, reader, writer)
     except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):

@@ -9,23 +9,13 @@ ciphertexts travel as DT-PKC's own strict byte encodings.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
-import msgpack
-
-from twofold.errors import (
-    ConfigError,
-    InputError,
-    IntegrityError,
-    KeyAccessError,
-    ProtocolError,
-    ServiceError,
-    TwofoldError,
-)
+from twofold import errors, framing
+from twofold.errors import ProtocolError
 
 VERSION = 1
-HEADER = struct.Struct(">I")
+HEADER = framing.HEADER
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 _FRAME_KEYS = frozenset(("v", "seq", "kind", "body"))
 
@@ -84,31 +74,15 @@ KIND_MAX_BYTES = {kind: SMALL_FRAME for kind in ("error", "busy", "hello", "trai
 # The most entries a list field may hold, per message kind (DEFAULT_MAX_ITEMS otherwise).
 DEFAULT_MAX_ITEMS = 1_000_000
 KIND_MAX_ITEMS = {"predict": 4096, "upload": DEFAULT_MAX_ITEMS}
-_UNPACK_LIMITS = {"max_str_len": 1 << 20, "max_array_len": DEFAULT_MAX_ITEMS, "max_map_len": 1 << 16}
-
-_ERRORS: dict[str, type[TwofoldError]] = {
-    "protocol": ProtocolError, "integrity": IntegrityError, "key": KeyAccessError, "input": InputError,
-    "config": ConfigError, "service": ServiceError,
-}
-
 
 def error_code(exc: BaseException) -> str:
-    """The wire code of an exception (unknown exceptions are 'service')."""
-    for code, cls in _ERRORS.items():
-        if type(exc) is cls:
-            return code
-    for code, cls in _ERRORS.items():
-        if isinstance(exc, cls):
-            return code
-    return "service"
+    """The wire code of an exception (its class's code; unknown exceptions are 'service')."""
+    return errors.code_of(exc)
 
 
 def raise_remote(body: dict[str, Any]) -> None:
     """Raise the local exception class for an error frame received from a peer."""
-    cls = _ERRORS.get(body["code"], ServiceError)
-    if cls is IntegrityError:
-        raise IntegrityError()
-    raise cls(f"peer: {body['message']}")
+    raise errors.from_code(body["code"], body["message"], prefix="peer: ")
 
 
 def _check(value: Any, spec: Spec, where: str, max_items: int = DEFAULT_MAX_ITEMS) -> None:
@@ -145,25 +119,16 @@ def validate(kind: str, body: Any) -> dict[str, Any]:
 def encode_frame(seq: int, kind: str, body: dict[str, Any], max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     """One frame: length prefix and msgpack payload; the body is validated first."""
     validate(kind, body)
-    payload = msgpack.packb({"v": VERSION, "seq": seq, "kind": kind, "body": body}, use_bin_type=True)
-    if len(payload) > max_frame:
-        raise ProtocolError(f"frame of {len(payload)} bytes exceeds the limit of {max_frame}")
-    return HEADER.pack(len(payload)) + payload
+    return framing.encode({"v": VERSION, "seq": seq, "kind": kind, "body": body}, max_frame)
 
 
 def check_length(length: int, max_frame: int) -> None:
-    if length > max_frame:
-        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_frame}")
-    if length == 0:
-        raise ProtocolError("empty frame")
+    framing.length(framing.HEADER.pack(length), max_frame)
 
 
 def decode_payload(payload: bytes, expected_seq: int) -> tuple[str, dict[str, Any]]:
     """(kind, body) of a frame payload; checks version, sequence number and schema."""
-    try:
-        frame = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True, **_UNPACK_LIMITS)
-    except Exception:
-        raise ProtocolError("malformed frame (not msgpack)") from None
+    frame = framing.decode(payload, max_items=DEFAULT_MAX_ITEMS)
     if not isinstance(frame, dict) or set(frame) != _FRAME_KEYS:
         raise ProtocolError("malformed frame (expected v, seq, kind, body)")
     if frame["v"] != VERSION:

@@ -10,26 +10,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from twofold.spark.estimators import (
-        PCA,
-        KMeans,
-        LinearRegression,
-        LogisticRegression,
-        NaiveBayes,
-        PartitionedModel,
-    )
+    from twofold.spark.estimators import PCA, KMeans, LinearRegression, LogisticRegression, NaiveBayes
     from twofold.spark.files import encrypted_files
+    from twofold.spark.model import PartitionedModel
+    from twofold.spark.predictions import open_predictions
     from twofold.spark.session import get_spark
     from twofold.spark.whole import read_encrypted
 
 _HOME = {
     "PCA": "estimators", "KMeans": "estimators", "LinearRegression": "estimators",
-    "LogisticRegression": "estimators", "NaiveBayes": "estimators", "PartitionedModel": "estimators",
-    "encrypted_files": "files", "get_spark": "session", "read_encrypted": "whole",
+    "LogisticRegression": "estimators", "NaiveBayes": "estimators", "PartitionedModel": "model",
+    "encrypted_files": "files", "get_spark": "session", "open_predictions": "predictions", "read_encrypted": "whole",
 }
 
 __all__ = ["PCA", "KMeans", "LinearRegression", "LogisticRegression", "NaiveBayes", "PartitionedModel",
-           "encrypted_files", "get_spark", "read_encrypted"]
+           "encrypted_files", "get_spark", "open_predictions", "read_encrypted"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,26 +1,25 @@
-"""``pyspark.ml`` estimators for partitioned mode, with MLlib's parameter names and defaults.
+"""``pyspark.ml`` estimators for partitioned mode, with MLlib's parameter names and the catalog's defaults.
 
-Fit them on the DataFrame from :func:`twofold.spark.encrypted_files` (one row per encrypted file); the Spark side
-only ever handles ciphertext and, with ``release="statistics"``, the aggregated statistics named in
-docs/threat-model.md. Features are the dataset's numeric columns (``inputCols``; default: all but the label).
+Fit them on the DataFrame from :func:`twofold.spark.encrypted_files` (one row per encrypted file), alone or as
+stages of a ``pyspark.ml.Pipeline``; the Spark side only ever handles ciphertext and, with
+``release="statistics"``, the aggregated statistics named in docs/threat-model.md. Features are the dataset's
+numeric columns (``inputCols``; default: all but the label). Every estimator also takes ``inputCols``,
+``predictionCol``, ``release``, ``enclaveSocket`` and ``kbsUrl``, and fits a :class:`PartitionedModel`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from pyspark import keyword_only
-from pyspark.ml import Estimator, Model
+from pyspark.ml import Estimator
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
     HasElasticNetParam,
-    HasFeaturesCol,
     HasFitIntercept,
-    HasInputCols,
     HasLabelCol,
     HasMaxIter,
-    HasPredictionCol,
     HasRegParam,
     HasSeed,
     HasStandardization,
@@ -28,158 +27,123 @@ from pyspark.ml.param.shared import (
 )
 
 from twofold.data.models import ModelFile
-from twofold.data.tabular import read_manifest
-from twofold.errors import ConfigError, InputError
-from twofold.spark import partitioned
-from twofold.spark.host_enclave import EnclaveConfig
+from twofold.errors import InputError
+from twofold.spark import catalog, partitioned
+from twofold.spark.files import file_set, numeric_columns
+from twofold.spark.model import EnclaveParams, PartitionedModel
 
 
-class _TwofoldParams(HasFeaturesCol, HasPredictionCol, HasInputCols):
-    release = Param(Params._dummy(), "release", "what leaves the enclave: 'statistics' or 'sealed'",
-                    typeConverter=TypeConverters.toString)
-    enclaveSocket = Param(Params._dummy(), "enclaveSocket", "Unix socket of the host's enclave",
-                          typeConverter=TypeConverters.toString)
-    kbsUrl = Param(Params._dummy(), "kbsUrl", "URL of the owner's key broker", typeConverter=TypeConverters.toString)
+class _PartitionedEstimator(Estimator, EnclaveParams):
+    """Fits the catalog algorithm ``algorithm`` with its kernel in the host enclaves."""
 
-    def __init__(self) -> None:
+    algorithm: ClassVar[str]
+
+    def __init__(self, **params: Any) -> None:
         super().__init__()
-        self._setDefault(release="statistics", featuresCol="features", predictionCol="prediction")
+        spec = catalog.get(self.algorithm)
+        self._setDefault(**spec.defaults(), **({"labelCol": "label"} if spec.uses_label else {}))
+        self._set(**params)
+        self._progress: Callable[[int], None] | None = None
 
+    def setParams(self, **params: Any) -> Any:
+        """Set parameters by keyword, as in MLlib."""
+        return self._set(**params)
 
-class _PartitionedEstimator(Estimator, _TwofoldParams):
-    algorithm = ""
-    hyper: tuple[str, ...] = ()
-
-    def _fit(self, dataset: Any) -> PartitionedModel:
-        rows = sorted(dataset.select("path", "dataset_id", "index").distinct().collect(), key=lambda r: r["index"])
-        if not rows or len({(r["path"], r["dataset_id"]) for r in rows}) != 1:
-            raise ConfigError("fit a partitioned estimator on twofold.spark.encrypted_files(spark, DIR)")
-        path, dataset_id = rows[0]["path"], rows[0]["dataset_id"]
-        body = read_manifest(Path(path))["manifest"]
-        label = self.getOrDefault("labelCol") if self.hasParam("labelCol") and self._uses_label() else ""
-        columns = self._columns(body, label)
-        params = {name: self.getOrDefault(name) for name in self.hyper}
-        task = partitioned.Task(self._config(), path, dataset_id, self.algorithm, tuple(columns), label, params,
-                                self.getOrDefault("release"), partitioned.new_job())
-        indices = [r["index"] for r in rows]  # one Spark partition per encrypted file, reused by every pass
-        index_rdd = dataset.sparkSession.sparkContext.parallelize(indices, len(indices))
-        result = partitioned.fit(index_rdd, len(body["files"]), task, progress=getattr(self, "_progress", None))
-        model_file = ModelFile(self.algorithm, "partitioned", task.release, dataset_id, result.model_id,
-                               read_manifest(Path(path))["keys"]["mac_key"], columns, label, params,
-                               result.sealed_model)
-        model = PartitionedModel(model_file, result.model, result.passes, result.timings)
-        return self._copyValues(model)
-
-    def _uses_label(self) -> bool:
-        from twofold.enclave.kernels.base import algorithm
-
-        return algorithm(self.algorithm).uses_label
-
-    def _columns(self, body: dict[str, Any], label: str) -> list[str]:
-        if self.isDefined("inputCols") and self.isSet("inputCols"):
-            return list(self.getOrDefault("inputCols"))
-        numeric = ("int", "uint", "float", "double", "bool", "decimal")
-        columns = [c["name"] for c in body["schema"]["columns"]
-                   if c["name"] != label and str(c["type"]).startswith(numeric)]
-        if not columns:
-            raise InputError("the dataset has no numeric feature columns")
-        return columns
-
-    def _config(self) -> EnclaveConfig:
-        if not (self.isSet("enclaveSocket") and self.isSet("kbsUrl")):
-            raise ConfigError("set enclaveSocket and kbsUrl (the CLI's embedded default does this for you)")
-        return EnclaveConfig(self.getOrDefault("enclaveSocket"), self.getOrDefault("kbsUrl"))
-
-    def setProgress(self, callback: Any) -> _PartitionedEstimator:
+    def setProgress(self, callback: Callable[[int], None]) -> Any:
         """Call ``callback(1)`` after every pass over the data."""
         self._progress = callback
         return self
 
-
-class PartitionedModel(Model, _TwofoldParams):
-    """A model trained in partitioned mode; its weights are visible only with ``release="statistics"``."""
-
-    def __init__(self, model_file: ModelFile | None = None, weights: dict[str, Any] | None = None,
-                 passes: int = 0, timings: dict[str, float] | None = None) -> None:
-        super().__init__()
-        self.model_file = model_file
-        self._weights = weights
-        self.passes = passes
-        self.timings = timings or {}
-
-    @property
-    def weights(self) -> dict[str, Any]:
-        if self._weights is None:
-            raise ConfigError("this model was trained with release='sealed': its weights leave the enclave only "
-                              "sealed; open the saved model with the owner's keystore")
-        return self._weights
-
-    @property
-    def coefficients(self) -> Any:
-        return self.weights["coefficients"]
-
-    @property
-    def intercept(self) -> float:
-        return float(self.weights["intercept"][0])
-
-    @property
-    def clusterCenters(self) -> Any:
-        return self.weights["centers"]
-
-    @property
-    def explainedVariance(self) -> Any:
-        return self.weights["explainedVariance"]
-
-    def save(self, path: str) -> None:
-        """Write the sealed model file (MLlib's save, for sealed models)."""
-        self.model_file.save(path)
-
-    def _transform(self, dataset: Any) -> Any:
-        raise ConfigError("partitioned predictions are sealed for the owner: use twofold.spark.predict_encrypted")
+    def _fit(self, dataset: Any) -> PartitionedModel:
+        spec, files = catalog.get(self.algorithm), file_set(dataset)
+        label = self.getOrDefault("labelCol") if spec.uses_label else ""
+        chosen = self.getOrDefault("inputCols") if self.isSet("inputCols") else None
+        columns = list(chosen) if chosen else numeric_columns(files.body, label)
+        if not columns:
+            raise InputError("the dataset has no numeric feature columns")
+        params = {name: self.getOrDefault(name) for name in spec.param_names}
+        task = partitioned.Task(self.enclave(), files.path, files.dataset_id, spec.kernel, tuple(columns), label,
+                                params, self.getRelease(), partitioned.new_job())
+        result = partitioned.fit(files.index_rdd(dataset.sparkSession), len(files.body["files"]), task,
+                                 progress=self._progress)
+        model_file = ModelFile(spec.name, "partitioned", task.release, files.dataset_id, result.model_id,
+                               files.manifest["keys"]["mac_key"], columns, label, params, result.sealed_model)
+        return self._copyValues(PartitionedModel(model_file, result.model, result.passes, result.timings))
 
 
-def _estimator(name: str, algorithm: str, bases: tuple[type, ...], defaults: dict[str, Any],
-               hyper: tuple[str, ...], extra_params: dict[str, Param] | None = None) -> type:
-    """Build an estimator class whose ``__init__`` takes MLlib's keyword parameters and defaults."""
+class LogisticRegression(_PartitionedEstimator, HasMaxIter, HasTol, HasRegParam, HasElasticNetParam, HasFitIntercept,
+                         HasStandardization, HasLabelCol):
+    """Binary logistic regression: MLlib's objective, Newton's method on the enclaves' statistics."""
+
+    algorithm = "logreg"
 
     @keyword_only
-    def __init__(self, **kwargs: Any) -> None:
-        super(cls, self).__init__()
-        self._setDefault(**defaults)
-        self._set(**self._input_kwargs)
+    def __init__(self, *, maxIter: int = 100, tol: float = 1e-6, regParam: float = 0.0, elasticNetParam: float = 0.0,
+                 fitIntercept: bool = True, standardization: bool = True, labelCol: str = "label",
+                 inputCols: list[str] | None = None, predictionCol: str = "prediction", release: str = "statistics",
+                 enclaveSocket: str | None = None, kbsUrl: str | None = None) -> None:
+        super().__init__(**self._input_kwargs)
+
+
+class LinearRegression(_PartitionedEstimator, HasRegParam, HasElasticNetParam, HasFitIntercept, HasStandardization,
+                       HasLabelCol):
+    """Least squares (elastic net optional): MLlib's normal equations on the enclaves' Gram matrix."""
+
+    algorithm = "linreg"
 
     @keyword_only
-    def setParams(self, **kwargs: Any) -> Any:
-        return self._set(**self._input_kwargs)
-
-    namespace = {"__init__": __init__, "setParams": setParams, "algorithm": algorithm, "hyper": hyper,
-                 "__doc__": f"Partitioned-mode {name} (MLlib-compatible parameters: {', '.join(hyper)})."}
-    namespace.update(extra_params or {})
-    cls = type(name, (_PartitionedEstimator, *bases), namespace)
-    return cls
+    def __init__(self, *, regParam: float = 0.0, elasticNetParam: float = 0.0, fitIntercept: bool = True,
+                 standardization: bool = True, labelCol: str = "label", inputCols: list[str] | None = None,
+                 predictionCol: str = "prediction", release: str = "statistics", enclaveSocket: str | None = None,
+                 kbsUrl: str | None = None) -> None:
+        super().__init__(**self._input_kwargs)
 
 
-_k = Param(Params._dummy(), "k", "number of clusters or components", typeConverter=TypeConverters.toInt)
-_smoothing = Param(Params._dummy(), "smoothing", "additive smoothing", typeConverter=TypeConverters.toFloat)
-_model_type = Param(Params._dummy(), "modelType", "multinomial or gaussian", typeConverter=TypeConverters.toString)
+class _HasK(Params):
+    k = Param(Params._dummy(), "k", "number of clusters or components", typeConverter=TypeConverters.toInt)
 
-LogisticRegression = _estimator(
-    "LogisticRegression", "logreg",
-    (HasMaxIter, HasRegParam, HasElasticNetParam, HasTol, HasFitIntercept, HasStandardization, HasLabelCol),
-    {"maxIter": 100, "regParam": 0.0, "elasticNetParam": 0.0, "tol": 1e-6, "fitIntercept": True,
-     "standardization": True, "labelCol": "label"},
-    ("maxIter", "regParam", "elasticNetParam", "tol", "fitIntercept", "standardization"))
-LinearRegression = _estimator(
-    "LinearRegression", "linreg",
-    (HasMaxIter, HasRegParam, HasElasticNetParam, HasTol, HasFitIntercept, HasStandardization, HasLabelCol),
-    {"maxIter": 100, "regParam": 0.0, "elasticNetParam": 0.0, "tol": 1e-6, "fitIntercept": True,
-     "standardization": True, "labelCol": "label"},
-    ("regParam", "elasticNetParam", "fitIntercept", "standardization"))
-KMeans = _estimator(
-    "KMeans", "kmeans", (HasMaxIter, HasTol, HasSeed),
-    {"maxIter": 20, "tol": 1e-4, "k": 2, "seed": 0}, ("maxIter", "tol", "k", "seed"), {"k": _k})
-NaiveBayes = _estimator(
-    "NaiveBayes", "naive_bayes", (HasLabelCol,),
-    {"smoothing": 1.0, "modelType": "multinomial", "labelCol": "label"}, ("smoothing", "modelType"),
-    {"smoothing": _smoothing, "modelType": _model_type})
-PCA = _estimator("PCA", "pca", (), {"k": 2}, ("k",), {"k": _k})
+    def getK(self) -> int:
+        return self.getOrDefault("k")
+
+
+class KMeans(_PartitionedEstimator, _HasK, HasMaxIter, HasTol, HasSeed):
+    """k-means: seeds from enclave-local aggregates (never single rows), then Lloyd's iterations."""
+
+    algorithm = "kmeans"
+
+    @keyword_only
+    def __init__(self, *, k: int = 2, maxIter: int = 20, tol: float = 1e-4, seed: int = 0,
+                 inputCols: list[str] | None = None, predictionCol: str = "prediction", release: str = "statistics",
+                 enclaveSocket: str | None = None, kbsUrl: str | None = None) -> None:
+        super().__init__(**self._input_kwargs)
+
+
+class NaiveBayes(_PartitionedEstimator, HasLabelCol):
+    """Naive Bayes, multinomial or gaussian, from one counting pass."""
+
+    algorithm = "naive_bayes"
+    smoothing = Param(Params._dummy(), "smoothing", "additive smoothing", typeConverter=TypeConverters.toFloat)
+    modelType = Param(Params._dummy(), "modelType", "multinomial or gaussian", typeConverter=TypeConverters.toString)
+
+    @keyword_only
+    def __init__(self, *, smoothing: float = 1.0, modelType: str = "multinomial", labelCol: str = "label",
+                 inputCols: list[str] | None = None, predictionCol: str = "prediction", release: str = "statistics",
+                 enclaveSocket: str | None = None, kbsUrl: str | None = None) -> None:
+        super().__init__(**self._input_kwargs)
+
+    def getSmoothing(self) -> float:
+        return self.getOrDefault("smoothing")
+
+    def getModelType(self) -> str:
+        return self.getOrDefault("modelType")
+
+
+class PCA(_PartitionedEstimator, _HasK):
+    """Principal components of the covariance matrix, from one pass."""
+
+    algorithm = "pca"
+
+    @keyword_only
+    def __init__(self, *, k: int = 2, inputCols: list[str] | None = None, predictionCol: str = "prediction",
+                 release: str = "statistics", enclaveSocket: str | None = None, kbsUrl: str | None = None) -> None:
+        super().__init__(**self._input_kwargs)

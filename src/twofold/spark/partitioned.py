@@ -144,10 +144,11 @@ def _predict_task(task: Task, model: dict[str, Any], indices: Iterator[int]) -> 
         yield index, reply["predictions"]
 
 
-def predict(index_rdd: Any, num_files: int, task: Task, model: dict[str, Any]) -> list[tuple[int, bytes]]:
-    """Sealed predictions per partition; ``model`` holds model_dataset_id, model_mac_key, model_id and model."""
+def predict(index_rdd: Any, indices: list[int], task: Task, model: dict[str, Any]) -> list[tuple[int, bytes]]:
+    """Sealed predictions for the partitions ``indices`` (which ``index_rdd`` holds), in index order; ``model``
+    holds model_dataset_id, model_mac_key, model_id and model."""
     HostEnclave(task.config).open_dataset(task.path)
     results = sorted(_collect(index_rdd.mapPartitions(lambda it: _predict_task(task, model, it))))
-    if [i for i, _ in results] != list(range(num_files)):
+    if [i for i, _ in results] != sorted(indices):
         raise ProtocolError("the job did not produce predictions for every partition exactly once")
     return results

@@ -4,36 +4,49 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
+from twofold.spark import console
 
-def get_spark(master: str | None = None, app_name: str = "twofold", java_options: str = "", **conf: Any):
+
+def get_spark(master: str | None = None, app_name: str = "twofold", java_options: str = "", *, quiet: bool = True,
+              **conf: Any) -> Any:
     """Create or reuse a SparkSession; the Python workers use this interpreter (so twofold is importable).
 
     ``java_options`` are added to the driver JVM's options (in local mode the driver also runs the tasks).
+    ``quiet`` keeps the JVM's start-up notices and Spark's logs off the console (:mod:`twofold.spark.console`);
+    ``quiet=False`` (``twofold --debug``) leaves the console as Spark makes it. A session that already runs keeps
+    the console it started with.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if (master or "local").startswith("local"):
+    master = master or "local[*]"
+    if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    log_config = Path(__file__).with_name("log4j2.properties")
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name).master(master or "local[*]")
-    defaults = {
+    driver_options, executor_options = console.quiet_java_options(java_options) if quiet else (java_options, "")
+    settings = {
+        "spark.master": master,
+        "spark.app.name": app_name,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.shuffle.partitions": "8",
         "spark.driver.memory": os.environ.get("TWOFOLD_SPARK_DRIVER_MEMORY", "4g"),
         "spark.python.worker.reuse": "true",
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log_config} {java_options}".strip(),
-        "spark.executor.extraJavaOptions": f"-Dlog4j2.configurationFile={log_config}",
+        **({"spark.driver.extraJavaOptions": driver_options} if driver_options else {}),
+        **({"spark.executor.extraJavaOptions": executor_options} if executor_options else {}),
+        **conf,
     }
-    for key, value in {**defaults, **conf}.items():
+    if quiet:
+        console.start_quiet_jvm(settings)
+    builder = SparkSession.builder
+    for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     # Task failures are reported by twofold as typed one-line errors; Spark's own logs stay quiet unless asked.
-    spark.sparkContext.setLogLevel(os.environ.get("TWOFOLD_SPARK_LOG_LEVEL", "OFF"))
+    level = os.environ.get("TWOFOLD_SPARK_LOG_LEVEL") or ("OFF" if quiet else "")
+    if level:
+        spark.sparkContext.setLogLevel(level)
     return spark

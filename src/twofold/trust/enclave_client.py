@@ -29,11 +29,7 @@ from twofold.enclave.protocol import (
     frame_length,
     is_heartbeat,
 )
-from twofold.errors import ProtocolError, ServiceError, TwofoldError
-
-_ERROR_TYPES: dict[str, type[TwofoldError]] = {
-    cls.__name__: cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, TwofoldError)
-}
+from twofold.errors import ProtocolError, ServiceError
 
 TRACE_ENV = "TWOFOLD_ECALL_TRACE"
 SILENCE_TIMEOUT_S = 20.0  # the enclave heartbeats every 5 s by default while an ecall runs
@@ -73,7 +69,7 @@ def _result(reply: dict[str, Any], call_id: int) -> dict[str, Any]:
         return reply["result"]
     if reply.get("ok") is False and reply.get("id") in (call_id, CONNECTION_ID):
         error = reply.get("error") or {}
-        raise _ERROR_TYPES.get(str(error.get("type")), ServiceError)(str(error.get("message", "enclave error")))
+        raise errors.from_code(error.get("code"), error.get("message", "enclave error"))
     raise ProtocolError("enclave reply does not match the request")
 
 

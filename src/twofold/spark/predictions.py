@@ -1,0 +1,48 @@
+"""The owner's side of predictions: open what the enclave sealed, and lay predictions out as a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from twofold.crypto import manifest as mf
+from twofold.data.tabular import read_manifest
+from twofold.enclave.kernels import arrays, jobs
+from twofold.errors import ConfigError
+from twofold.keys.wrapping import KeyWrapper
+
+COMPONENT_PREFIX = "pca_"  # components arrive as columns pca_0, pca_1, ...
+
+
+def prediction_table(parts: list[dict[str, np.ndarray]], label: str) -> pa.Table:
+    """Per-partition ``prediction`` arrays (and ``label``, when kept) as one table, in partition order."""
+    prediction = np.concatenate([p["prediction"] for p in parts]) if parts else np.empty(0)
+    columns: dict[str, Any] = {}
+    if label and parts and "label" in parts[0]:
+        columns[label] = np.concatenate([p["label"] for p in parts])
+    if prediction.ndim == 2:  # components: one column each
+        for j in range(prediction.shape[1]):
+            columns[f"{COMPONENT_PREFIX}{j}"] = prediction[:, j]
+    else:
+        columns["prediction"] = prediction
+    return pa.table(columns)
+
+
+def open_predictions(frame: Any, owner: KeyWrapper, prediction_col: str = "prediction") -> pa.Table:
+    """Open the sealed predictions a partitioned model's ``transform`` gave, with the owner's keystore.
+
+    ``frame`` is that transform's output (one row per encrypted file); the table holds the dataset's label, when
+    it has one, and the predictions, in dataset order.
+    """
+    rows = sorted(frame.select("path", "dataset_id", "index", prediction_col).collect(), key=lambda r: r["index"])
+    if not rows or len({(r["path"], r["dataset_id"]) for r in rows}) != 1:
+        raise ConfigError("open the predictions of one dataset at a time")
+    doc = read_manifest(Path(rows[0]["path"]))
+    mac_key = owner.unwrap(doc["keys"]["mac_key"], mf.mac_context(rows[0]["dataset_id"]))
+    sealed = [(r["index"], r[prediction_col]["job"], bytes(r[prediction_col]["sealed"])) for r in rows]
+    keys = {job: jobs.job_key(mac_key, job) for _, job, _ in sealed}
+    parts = [arrays.unpack(jobs.open_(keys[job], blob, jobs.predictions_aad(job, i))) for i, job, blob in sealed]
+    return prediction_table(parts, doc["manifest"]["label"] or "")
