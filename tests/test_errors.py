@@ -48,7 +48,7 @@ def test_subclasses_inherit_their_parents_code():
 def test_spark_task_failures_come_back_typed():
     trace = ("py4j.protocol.Py4JJavaError: ... Traceback (most recent call last):\n"
              "twofold.errors.ConfigError: dataset ds-1 is not open\n...\n"
-             "twofold.trust.enclave_client.EnclaveSilentError: the enclave sent nothing for 20 s\n")
+             "twofold.spark.enclave_client.EnclaveSilentError: the enclave sent nothing for 20 s\n")
     got = translate(RuntimeError(trace))
     assert type(got) is ServiceError and "sent nothing" in str(got)
     assert type(translate(RuntimeError("twofold.errors.IntegrityError: secret detail"))) is IntegrityError

@@ -5,15 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import random
-import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from twofold.he.client import read_csv
 from twofold.he.models import nb
+from twofold.services import start_he
 
 from ..conftest import run_cli
 
@@ -44,38 +42,20 @@ def free_port() -> int:
 
 
 class Server:
-    """One `twofold he serve` child process, stopped by its own PID."""
+    """One `twofold he serve` child process (the same launcher as production), stopped by its own PID."""
 
     def __init__(self, system: Path, role: str, port: int = 0, extra: tuple[str, ...] = ()) -> None:
-        self.ready = system / f"{role}-{time.monotonic_ns()}.port"
-        self.proc = subprocess.Popen([sys.executable, "-m", "twofold", "he", "serve", "--role", role, "--system",
-                                      str(system), "--port", str(port), "--ready-file", str(self.ready), "--threads",
-                                      "1", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while not self.ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{role} did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
-            time.sleep(0.05)
-        self.port = int(self.ready.read_text())
-        self.address = f"127.0.0.1:{self.port}"
+        self.service = start_he(system, role, port, ("--threads", "1", *extra), timeout=30)
+        self.proc = self.service.process
+        self.address = self.service.address
+        self.port = int(self.address.rsplit(":", 1)[1])
 
     def signal(self, signum: int) -> None:
         """Send a signal to this server by its PID (SIGSTOP freezes it, SIGCONT thaws it, SIGKILL kills it)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
+        self.service.signal(signum)
 
     def stop(self) -> None:
-        self.signal(signal.SIGCONT)  # a frozen server must be able to act on SIGTERM
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        self.service.stop()
 
 
 def make_system(root: Path, extra_owners: tuple[str, ...] = ()) -> Path:

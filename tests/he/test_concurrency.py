@@ -265,7 +265,7 @@ def test_a_stuck_or_dead_su_fails_the_run_with_progress_saved(system, pair, sign
         su.proc.wait(10)
         port = int(su.address.rsplit(":", 1)[1])
         pair_su = Server(system, "su", port, FAST)
-        su.proc, su.address = pair_su.proc, pair_su.address  # the fixture stops the new one
+        su.__dict__.update(pair_su.__dict__)  # the fixture stops the new one
     result = _train_lr(mu, system, 12)
     assert result["resumed_at_iteration"] >= 1 and result["iterations"] == 12
 

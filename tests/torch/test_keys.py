@@ -11,10 +11,10 @@ torch = pytest.importorskip("torch")
 
 from twofold.enclave.measure import current_measurement  # noqa: E402
 from twofold.errors import AttestationError  # noqa: E402
+from twofold.kbs.authoring import write_policy  # noqa: E402
+from twofold.services import start_kbs  # noqa: E402
 from twofold.torch import DeviceKeyProvider, EncryptedTensorDataset, training_measurement  # noqa: E402
 from twofold.torch.measure import training_files  # noqa: E402
-from twofold.trust.local import write_policy  # noqa: E402
-from twofold.trust.services import start_kbs  # noqa: E402
 
 from ..conftest import run_cli  # noqa: E402
 

@@ -12,8 +12,8 @@ from twofold.data import EncryptedDataset
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.measure import current_measurement
-from twofold.trust.local import write_policy
-from twofold.trust.services import start_enclave, start_kbs
+from twofold.kbs.authoring import write_policy
+from twofold.services import start_enclave, start_kbs
 
 from ..conftest import PASSPHRASE
 

@@ -16,8 +16,8 @@ from twofold.enclave.attester import SimulationAttester, load_or_create_platform
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.measure import current_measurement
 from twofold.errors import ServiceError
-from twofold.trust.local import write_policy
-from twofold.trust.services import ServiceProcess
+from twofold.kbs.authoring import write_policy
+from twofold.services import ServiceProcess
 
 
 def _self_signed(tmp_path):

@@ -14,8 +14,8 @@ import pytest
 from twofold.crypto.pme import key_material_name
 from twofold.enclave.measure import PACKAGE_ROOT
 from twofold.errors import AttestationError, IntegrityError, ProtocolError, ServiceError
-from twofold.trust.enclave_client import EnclaveClient
-from twofold.trust.services import start_enclave
+from twofold.services import start_enclave
+from twofold.spark.enclave_client import EnclaveClient
 
 
 def _load(client, dataset, index):

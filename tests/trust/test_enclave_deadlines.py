@@ -29,9 +29,9 @@ from twofold.data import EncryptedDataset
 from twofold.enclave.kernels import arrays
 from twofold.enclave.kernels.clustering import KMeans
 from twofold.errors import ProtocolError, ServiceError
+from twofold.services import ServiceProcess, start_enclave
+from twofold.spark.enclave_client import EnclaveClient, EnclaveGoneError, EnclaveSilentError
 from twofold.spark.host_enclave import PROBE_TIMEOUT_S, EnclaveConfig, HostEnclave, stop_enclave
-from twofold.trust.enclave_client import EnclaveClient, EnclaveGoneError, EnclaveSilentError
-from twofold.trust.services import ServiceProcess, start_enclave
 
 from .conftest import Broker
 

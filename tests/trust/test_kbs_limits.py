@@ -26,8 +26,9 @@ from twofold.crypto import manifest as mf
 from twofold.data import EncryptedDataset
 from twofold.enclave.broker_client import BrokerSession
 from twofold.errors import ConfigError, ServiceError
-from twofold.keys.broker.audit import AuditLog
-from twofold.keys.broker.server import (
+from twofold.kbs.audit import AuditLog
+from twofold.kbs.policy import Policy
+from twofold.kbs.server import (
     ChallengeTable,
     GrantTable,
     KeyBroker,
@@ -38,8 +39,7 @@ from twofold.keys.broker.server import (
     client_address,
     make_app,
 )
-from twofold.trust.policy import Policy
-from twofold.trust.services import ServiceProcess
+from twofold.services import ServiceProcess
 
 from .conftest import Broker
 

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +22,7 @@ from typing import Any
 
 from twofold.bench.common import machine, timed
 from twofold.errors import ConfigError, InputError, ServiceError
+from twofold.services import ServiceProcess, start_he
 
 IMPLEMENTED = ("nb", "lr", "dt")
 
@@ -56,55 +54,36 @@ def _write_csv(path: Path, features: list[str], rows: list[list[float]], labels:
 
 
 class Servers:
-    """SU and MU started through the CLI as child processes; stopped by the PIDs started."""
+    """SU and MU started through the CLI (:func:`twofold.services.start_he`); stopped by the PIDs started."""
 
     def __init__(self, system: Path, pool: int = 0, lr_pool: dict[str, int] | None = None,
                  extra: list[str] | None = None) -> None:
         self.system = system
-        self.procs: list[subprocess.Popen] = []
         self.pool = pool
         self.lr_pool = lr_pool or {}
         self.extra = extra or []
+        self.services: dict[str, ServiceProcess] = {}
 
-    def _start(self, role: str, extra: list[str]) -> int:
-        ready = self.system / f"{role}.port"
-        ready.unlink(missing_ok=True)
-        log = open(self.system / f"{role}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "twofold", "he", "serve", "--role", role, "--system",
-                                 str(self.system), "--port", "0", "--ready-file", str(ready), "--pool",
-                                 str(self.pool), "--lr-pool", str(self.lr_pool.get(role, 0)), *self.extra, *extra],
-                                stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise ServiceError(f"{role} did not start; see {self.system / f'{role}.log'}")
-            time.sleep(0.05)
-        return int(ready.read_text())
+    def _start(self, role: str, extra: list[str]) -> str:
+        service = start_he(self.system, role, 0, ("--pool", str(self.pool), "--lr-pool",
+                                                  str(self.lr_pool.get(role, 0)), *self.extra, *extra),
+                           log_path=self.system / f"{role}.log")
+        self.services[role] = service
+        return service.address
 
     def start(self) -> str:
-        su_port = self._start("su", [])
-        mu_port = self._start("mu", ["--su", f"127.0.0.1:{su_port}"])
-        return f"127.0.0.1:{mu_port}"
+        su = self._start("su", [])
+        return self._start("mu", ["--su", su])
 
     def signal(self, role: str, signum: int) -> None:
         """Signal SU (``su``) or MU (``mu``) by the PID that started it."""
-        proc = self.procs[0 if role == "su" else 1]
-        if proc.poll() is None:
-            proc.send_signal(signum)
+        self.services[role].signal(signum)
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)  # a frozen server must be able to act on SIGTERM
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
+        for role in ("mu", "su"):
+            service = self.services.pop(role, None)
+            if service is not None:
+                service.stop()
 
 
 def _plaintext_nb(schema: Any, xtr: list, ytr: list, xte: list, yte: list) -> float:

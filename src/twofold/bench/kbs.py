@@ -18,9 +18,9 @@ from twofold.data import EncryptedDataset
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.measure import current_measurement
+from twofold.kbs.authoring import write_policy
 from twofold.keys.keystore import PASSPHRASE_ENV, Keystore
-from twofold.trust.local import write_policy
-from twofold.trust.services import start_kbs
+from twofold.services import start_kbs
 
 PASSPHRASE = "benchmark passphrase"
 

@@ -104,8 +104,6 @@ def schema_cmd(system_dir: Path, data: Path, label: str, bins: int) -> None:
               help="Encryption pairs to keep precomputed by a background process.")
 @click.option("--lr-pool", type=click.IntRange(0), default=0, show_default=True,
               help="Priv-LR randomness values (T1 only) to keep precomputed by a background process.")
-@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the listening port here once ready.")
 @click.option("--heartbeat", type=click.FloatRange(0.05, 600), default=5.0, show_default=True,
               help="Seconds between the heartbeats sent while a request is being worked on.")
 @peer_timeout_option
@@ -113,14 +111,14 @@ def schema_cmd(system_dir: Path, data: Path, label: str, bins: int) -> None:
               help="Links served at once; more are closed at accept.")
 @click.option("--exit-after", type=int, default=None, hidden=True, help="Fault injection: SU exits after N requests.")
 def serve(role: str, system_dir: Path, host: str, port: int, su_address: str | None, state: Path | None,
-          threads: int, pool: int, lr_pool: int, ready_file: Path | None, heartbeat: float, peer_timeout: float,
+          threads: int, pool: int, lr_pool: int, heartbeat: float, peer_timeout: float,
           max_connections: int, exit_after: int | None) -> None:
     """Run MU or SU until interrupted; prints `ready HOST:PORT` once it accepts connections."""
     from twofold.he.server import run
     from twofold.he.transport import Timing
 
     run(role, _open(system_dir), host, port, su_address=su_address, state=state, threads=threads, pool=pool,
-        ready_file=ready_file, exit_after=exit_after, lr_pool=lr_pool,
+        exit_after=exit_after, lr_pool=lr_pool,
         timing=Timing(heartbeat=heartbeat, peer_timeout=peer_timeout), max_connections=max_connections)
 
 

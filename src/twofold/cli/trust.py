@@ -14,7 +14,7 @@ import click
 
 from twofold.cli.common import info, keystore_option, unlock
 from twofold.errors import ConfigError
-from twofold.trust.services import READY_PREFIX
+from twofold.services import READY_PREFIX
 
 
 @click.command()
@@ -74,9 +74,9 @@ def kbs() -> None:
 def kbs_serve(keystore_dir: Path, policy_path: Path, host: str, port: int, audit_log: Path | None,
               tls_cert: Path | None, tls_key: Path | None, **limits: float | None) -> None:
     """Serve attestation-gated key release until interrupted."""
-    from twofold.keys.broker.audit import AuditLog
-    from twofold.keys.broker.server import KeyBroker, Limits, serve
-    from twofold.trust.policy import load_policy
+    from twofold.kbs.audit import AuditLog
+    from twofold.kbs.policy import load_policy
+    from twofold.kbs.server import KeyBroker, Limits, serve
 
     _serve_logging("kbs")
     bounds = Limits(**{name: value for name, value in limits.items() if value is not None})  # type: ignore[arg-type]
@@ -174,7 +174,7 @@ def policy() -> None:
 def policy_init(out: Path, datasets: tuple[str, ...], measurement: str, allow_simulation: bool,
                 platform_key: Path | None, expires: str | None) -> None:
     """Write a policy that lets one measurement open the given datasets."""
-    from twofold.trust.local import write_policy
+    from twofold.kbs.authoring import write_policy
 
     write_policy(out, datasets, measurement, allow_simulation, platform_key, expires)
     info(f"wrote policy {out}")

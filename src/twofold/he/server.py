@@ -8,7 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-from twofold.fsutil import write_private
 from twofold.he.keys import SystemInfo
 from twofold.he.mu import FRAME_LIMITS, MasterUnit
 from twofold.he.su import SecondaryUnit
@@ -18,13 +17,13 @@ log = logging.getLogger("twofold.he")
 
 
 def run(role: str, info: SystemInfo, host: str, port: int, *, su_address: str | None = None,
-        state: Path | None = None, threads: int = 2, pool: int = 0, ready_file: Path | None = None,
+        state: Path | None = None, threads: int = 2, pool: int = 0,
         exit_after: int | None = None, lr_pool: int = 0, timing: Timing | None = None,
         max_connections: int = MAX_CONNECTIONS) -> None:
     """Serve until SIGTERM or SIGINT. MU never opens su/ and SU never opens mu/.
 
     Prints ``ready HOST:PORT`` on stdout once it accepts connections (the ready line every twofold service
-    prints) and writes the port to ``ready_file`` if one is given."""
+    prints, which :mod:`twofold.services` waits for)."""
     timing = timing or Timing()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every thread's stack
     logging.basicConfig(level=logging.WARNING, format=f"twofold-{role}: %(message)s", stream=sys.stderr,
@@ -51,8 +50,6 @@ def run(role: str, info: SystemInfo, host: str, port: int, *, su_address: str | 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if ready_file is not None:
-        write_private(Path(ready_file), f"{server.port}\n".encode())
     print(f"ready {host}:{server.port}", flush=True)
     log.warning("twofold he %s listening on %s:%d (heartbeat %.1f s, peer timeout %.1f s, at most %d links)", role,
                 host, server.port, timing.heartbeat, timing.peer_timeout, max_connections)

@@ -10,10 +10,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from twofold.kbs.authoring import resolve_measurements, write_policy
 from twofold.keys.keystore import PASSPHRASE_ENV
+from twofold.services import start_kbs
 from twofold.spark.host_enclave import EnclaveConfig, ensure_enclave, stop_enclave
-from twofold.trust.local import resolve_measurements, write_policy
-from twofold.trust.services import start_kbs
 
 
 @dataclass

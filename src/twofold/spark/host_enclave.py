@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from twofold.errors import ConfigError, ServiceError
-from twofold.trust.enclave_client import SILENCE_TIMEOUT_S, EnclaveClient, EnclaveSilentError, responsive
-from twofold.trust.services import ENCLAVE_ENV
+from twofold.services import ENCLAVE_ENV
+from twofold.spark.enclave_client import SILENCE_TIMEOUT_S, EnclaveClient, EnclaveSilentError, responsive
 
 START_TIMEOUT_S = 60.0  # attestation included; the start lock is held at most this long (plus a spawn)
 PROBE_TIMEOUT_S = 4.0  # after a silence timeout, the enclave must show life this fast to be retried

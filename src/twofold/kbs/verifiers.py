@@ -21,9 +21,9 @@ from typing import Protocol
 
 from twofold.crypto.evidence import Evidence, check_signature, report_data_for
 from twofold.errors import AttestationError
-from twofold.trust.policy import Policy
+from twofold.kbs.policy import Policy
 
-log = logging.getLogger("twofold.trust")
+log = logging.getLogger("twofold.kbs")
 MAX_CLOCK_SKEW_S = 5.0
 
 
@@ -66,6 +66,10 @@ class SimulationVerifier:
 
 
 def verifier_for(backend: str, policy: Policy) -> Verifier:
+    if backend in policy.backends and backend != SimulationVerifier.backend:
+        raise AttestationError(f"no verifier for attestation backend {backend!r} yet (supported: simulation)")
+    if backend not in policy.backends:
+        raise AttestationError(f"attestation backend {backend!r} is not allowed by the policy")
     if backend == SimulationVerifier.backend:
         return SimulationVerifier(policy)
     raise AttestationError(f"no verifier for attestation backend {backend!r} (supported: simulation)")

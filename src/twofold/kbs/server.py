@@ -29,10 +29,10 @@ from twofold.crypto.evidence import Evidence
 from twofold.crypto.hpke_seal import seal_to
 from twofold.enclave.broker_client import API, release_info
 from twofold.errors import AttestationError, ConfigError, IntegrityError, TwofoldError
-from twofold.keys.broker.audit import AuditLog
+from twofold.kbs.audit import AuditLog
+from twofold.kbs.policy import Policy
+from twofold.kbs.verifiers import verifier_for
 from twofold.keys.keystore import Keystore
-from twofold.trust.policy import Policy
-from twofold.trust.verifier import verifier_for
 
 log = logging.getLogger("twofold.kbs")
 MAX_BODY = 1 << 20

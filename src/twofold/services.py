@@ -70,9 +70,16 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Terminate by PID; escalate to SIGKILL after ``timeout``."""
+    def signal(self, signum: int) -> None:
+        """Send a signal by PID (SIGSTOP freezes the service, SIGCONT thaws it; for fault tests and benchmarks)."""
         if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signum)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate by PID (thawing a frozen service first); escalate to SIGKILL after ``timeout``."""
+        if self.process.poll() is None:
+            self.signal(signal.SIGCONT)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGTERM)
             try:
@@ -120,3 +127,10 @@ def start_enclave(socket_path: Path, kbs_url: str, env: dict[str, str] | None = 
     return ServiceProcess("enclave", ["enclave", "serve", "--socket", str(socket_path), "--kbs", kbs_url,
                                       "--cache-mib", str(cache_mib), *extra], env={**ENCLAVE_ENV, **(env or {})},
                           log_path=log_path)
+
+
+def start_he(system: Path, role: str, port: int = 0, extra: tuple[str, ...] = (), log_path: Path | None = None,
+             timeout: float = 60.0) -> ServiceProcess:
+    """MU or SU of a two-server system on loopback (``extra``: further `he serve` options, e.g. ``--su``)."""
+    return ServiceProcess(f"{role.upper()}", ["he", "serve", "--role", role, "--system", str(system), "--port",
+                                              str(port), *extra], timeout=timeout, log_path=log_path)

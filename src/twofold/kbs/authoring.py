@@ -1,0 +1,43 @@
+"""Writing the owner's policy for her datasets: which measurements (this installation's, or given ones) may open
+which datasets."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from pathlib import Path
+
+from twofold.data.tabular import read_manifest
+from twofold.enclave.attester import load_or_create_platform_key
+from twofold.enclave.measure import current_measurement, whole_measurement
+from twofold.kbs.policy import Policy, parse_policy
+
+
+def dataset_id_of(value: str) -> str:
+    """A dataset id given as an id, '*', or a dataset directory."""
+    if value == "*" or value.startswith("ds-"):
+        return value
+    return str(read_manifest(Path(value))["manifest"]["dataset_id"])
+
+
+def resolve_measurements(measurement: str) -> list[str]:
+    """'current' (partitioned TCB), 'whole' (every twofold file), 'both', or explicit hex digests (comma-separated)."""
+    named = {"current": [current_measurement()], "whole": [whole_measurement()],
+             "both": [current_measurement(), whole_measurement()]}
+    return named.get(measurement, [m.strip() for m in measurement.split(",") if m.strip()])
+
+
+def write_policy(out: Path, datasets: Sequence[str], measurement: str = "current", allow_simulation: bool = True,
+                 platform_key: Path | None = None, expires: str | None = None) -> Policy:
+    """A policy letting ``measurement`` (default: this installation's TCB) open ``datasets``."""
+    platform = load_or_create_platform_key(platform_key).public_key().public_bytes_raw()
+    rule = {"name": "twofold enclave", "datasets": [dataset_id_of(d) for d in datasets], "expires": expires}
+    policy = parse_policy({
+        "version": 2,
+        "backends": ["simulation"],
+        "allow_simulation": allow_simulation,
+        "simulation_platform_keys": [base64.b64encode(platform).decode()],
+        "measurements": {m: rule for m in resolve_measurements(measurement)},
+    })
+    policy.save(out)
+    return policy

@@ -1,1 +1,0 @@
-"""The key broker service (KBS) that the data owner runs: attestation-gated release of dataset keys."""

@@ -1,1 +1,0 @@
-"""Attestation on the verifying side: policies, verifiers, and launching trusted services."""

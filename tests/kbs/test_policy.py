@@ -1,0 +1,59 @@
+"""The owner's versioned release policy: version 1 still read, version 2's backends and per-dataset rules, and
+strict parsing (a misspelt field is an error, never a silently weaker policy)."""
+
+from __future__ import annotations
+
+import pytest
+
+from twofold.errors import AttestationError, ConfigError
+from twofold.kbs.policy import Budget, load_policy, parse_policy
+from twofold.kbs.verifiers import verifier_for
+
+DIGEST = "ab" * 32
+
+
+def _v2(**extra) -> dict:
+    return {"version": 2, "backends": ["simulation"], "allow_simulation": True, "simulation_platform_keys": [],
+            "measurements": {DIGEST: {"name": "t", "datasets": ["ds-1"], "expires": None}}, **extra}
+
+
+def test_version_1_files_are_read_with_every_mode_allowed():
+    policy = parse_policy({"version": 1, "allow_simulation": True, "measurements": {}})
+    assert policy.backends == ("simulation",) and policy.accepts_backend("simulation")
+    assert policy.dataset_rule("ds-x").allows_release("statistics")
+
+
+def test_version_2_round_trips_through_a_file(tmp_path):
+    policy = parse_policy(_v2(datasets={"ds-1": {"release": ["sealed"], "budget": {"epsilon": 0.5, "delta": 1e-6}},
+                                        "*": {"release": ["sealed", "statistics"]}}))
+    path = tmp_path / "policy.json"
+    policy.save(path)
+    again = load_policy(path)
+    assert again.dataset_rule("ds-1").release == ("sealed",)
+    assert again.dataset_rule("ds-1").budget == Budget(0.5, 1e-6)
+    assert not again.dataset_rule("ds-1").allows_release("statistics")
+    assert again.dataset_rule("ds-other").allows_release("statistics")  # the '*' rule
+    assert again.measurements == policy.measurements
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"allow_simulaton": True}, "unknown policy field"),
+    ({"backends": ["magic"]}, "backends"),
+    ({"backends": []}, "backends"),
+    ({"datasets": {"ds-1": {"release": ["everything"]}}}, "release modes"),
+    ({"datasets": {"ds-1": {"release": ["sealed"], "extra": 1}}}, "only 'release' and 'budget'"),
+    ({"datasets": {"ds-1": {"budget": {"epsilon": 0}}}}, "epsilon > 0"),
+    ({"version": 3}, "version"),
+])
+def test_malformed_policies_are_refused(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_policy({**_v2(), **bad})
+
+
+def test_a_backend_the_policy_does_not_list_is_refused():
+    policy = parse_policy(_v2(backends=["sev-snp"]))
+    with pytest.raises(AttestationError, match="not allowed by the policy"):
+        verifier_for("simulation", policy)
+    with pytest.raises(AttestationError, match="no verifier"):
+        verifier_for("sev-snp", policy)  # listed, but not implemented: refused, never waved through
+    assert not parse_policy(_v2(allow_simulation=False)).accepts_backend("simulation")
