@@ -215,6 +215,27 @@ def _kbs_section(run: dict[str, Any]) -> list[str]:
             "Targets: p99 <= 50 ms, >= 100 grants per second.", ""]
 
 
+def _servers_section(run: dict[str, Any]) -> list[str]:
+    timing = run["timing"]
+    lines = ["## Two-server links under load and failure", "",
+             f"`twofold bench servers` ({run['key_bits']}-bit keys; heartbeat {timing['heartbeat_s']:g} s, peer "
+             f"timeout {timing['peer_timeout_s']:g} s, at most {timing['max_connections']} links per server). N "
+             "clients at once each send one encrypted Priv-NB query on its own TLS link; every answer is decrypted "
+             "and compared with the same query sent alone.", "",
+             "| concurrent clients | errors | wrong answers | median s | p99 s |", "|---:|---:|---:|---:|---:|"]
+    for row in run["load"]:
+        med = "-" if row["median_s"] is None else f"{row['median_s']:.2f}"
+        p99 = "-" if row["p99_s"] is None else f"{row['p99_s']:.2f}"
+        lines.append(f"| {row['concurrent']} | {row['errors']} | {row['wrong']} | {med} | {p99} |")
+    su = run["frozen_su"]
+    return [*lines, "", f"Held **{run['held_without_error']}** concurrent requests without error (beyond the link "
+            "cap, connections are closed at accept and those clients get a clear error). A frozen SU (SIGSTOP "
+            f"after the first Priv-LR step) was found by MU after **{su['detected_s']:.1f} s**, which failed the run "
+            f"with its progress saved; after SIGCONT the same train resumed at iteration "
+            f"{su['resumed_at_iteration']}. A frozen MU was found by its waiting client after "
+            f"**{run['frozen_mu_detected_s']:.1f} s** (target: within 30 s).", ""]
+
+
 def write_report(source: Path, out: Path) -> Path:
     runs, doc = load_runs(source)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +259,8 @@ def write_report(source: Path, out: Path) -> Path:
         lines += _spark_section(runs["spark"], out)
     if "he" in runs:
         lines += _he_section(runs["he"], out)
+    if "servers" in runs:
+        lines += _servers_section(runs["servers"])
     if "torch" in runs:
         lines += _torch_section(runs["torch"], out)
     for name, error in doc.get("errors", {}).items():

@@ -132,7 +132,7 @@ def _frozen_mu(servers: Servers, info: Any, mu: str, peer_timeout: float) -> flo
     return detected
 
 
-def run(key_bits: int = 2048, levels: tuple[int, ...] = LEVELS, heartbeat: float = 5.0, peer_timeout: float = 20.0,
+def run(key_bits: int = 2048, levels: tuple[int, ...] = LEVELS, heartbeat: float = 5.0, peer_timeout: float = 15.0,
         max_connections: int = 64, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     from sklearn.model_selection import train_test_split
 

@@ -14,6 +14,7 @@ FULL = {
     "kbs": {"attestations": 300, "concurrency": 8},
     "spark": {"rows": 500_000, "cols": 50, "partitions": 8},
     "he": {"dataset": "breast_cancer", "algorithms": ["nb", "lr", "dt"], "key_bits": 2048},
+    "servers": {"key_bits": 2048},
     "torch": {"device": "cpu"},
 }
 QUICK = {
@@ -21,6 +22,7 @@ QUICK = {
     "kbs": {"attestations": 100, "concurrency": 8},
     "spark": {"rows": 100_000, "cols": 20, "partitions": 4},
     "he": {"dataset": "breast_cancer", "algorithms": ["nb"], "key_bits": 2048, "max_queries": 30},
+    "servers": {"key_bits": 2048, "levels": (1, 10, 64)},
     "torch": {"device": "cpu", "synthetic_rows": 50_000, "repeats": 1},
 }
 
@@ -49,12 +51,17 @@ def _runners(log: Callable[[str], None], quiet: bool) -> dict[str, Callable[...,
         return module.run(kw["dataset"], None, kw["algorithms"], kw["key_bits"],
                           max_queries=kw.get("max_queries"), log=log)
 
+    def servers(**kw: Any) -> dict[str, Any]:
+        from twofold.bench import servers as module
+
+        return module.run(log=log, **kw)
+
     def torch(**kw: Any) -> dict[str, Any]:
         from twofold.bench import torch_bench
 
         return torch_bench.run(**kw)
 
-    return {"encrypt": encrypt, "kbs": kbs, "spark": spark, "he": he, "torch": torch}
+    return {"encrypt": encrypt, "kbs": kbs, "spark": spark, "he": he, "servers": servers, "torch": torch}
 
 
 def run(quick: bool = False, only: list[str] | None = None, log: Callable[[str], None] = lambda _: None,

@@ -53,7 +53,7 @@ def bench_kbs(attestations: int, concurrency: int, json_path: Path | None) -> No
 @click.option("--key-bits", type=int, default=2048, show_default=True)
 @click.option("--levels", default="1,10,25,50,64,80", show_default=True, help="Concurrent clients per round.")
 @click.option("--heartbeat", type=float, default=5.0, show_default=True)
-@click.option("--peer-timeout", type=float, default=20.0, show_default=True)
+@click.option("--peer-timeout", type=float, default=15.0, show_default=True)
 @click.option("--max-connections", type=click.IntRange(1), default=64, show_default=True)
 @json_option
 def bench_servers(key_bits: int, levels: str, heartbeat: float, peer_timeout: float, max_connections: int,
@@ -125,7 +125,7 @@ def bench_spark(rows: int, cols: int, algorithms: str, partitions: int, master: 
 
 @bench.command("all")
 @click.option("--quick", is_flag=True, help="Smaller sizes (a few minutes).")
-@click.option("--only", default=None, help="Comma-separated subset: encrypt,kbs,spark,he,torch.")
+@click.option("--only", default=None, help="Comma-separated subset: encrypt,kbs,spark,he,servers,torch.")
 @json_option
 def bench_all(quick: bool, only: str | None, json_path: Path | None) -> None:
     """Run every benchmark (encrypt, kbs, spark, he, torch) and record the machine."""

@@ -19,7 +19,7 @@ model_option = click.option("--model", "--algorithm", "model", type=click.Choice
 mu_option = click.option("--mu", "mu_address", default="127.0.0.1:7700", show_default=True,
                          help="MU address HOST:PORT.")
 peer_timeout_option = click.option(
-    "--peer-timeout", type=click.FloatRange(1, 3600), default=20.0, show_default=True, envvar="TWOFOLD_PEER_TIMEOUT",
+    "--peer-timeout", type=click.FloatRange(1, 3600), default=15.0, show_default=True, envvar="TWOFOLD_PEER_TIMEOUT",
     help="Seconds of silence after which a server counts as frozen or gone (servers send heartbeats meanwhile).")
 
 

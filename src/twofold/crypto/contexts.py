@@ -7,6 +7,7 @@ by the wrapping, a key of one dataset cannot be presented as a key of another.
 from __future__ import annotations
 
 import re
+import secrets
 
 PURPOSES = ("parquet-kek", "manifest-mac", "tensor-key")
 _DATASET_ID = re.compile(r"ds-[0-9a-f]{16}")
@@ -16,6 +17,11 @@ def key_context(purpose: str, dataset_id: str) -> bytes:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown key purpose {purpose!r}")
     return f"{purpose}|{dataset_id}".encode()
+
+
+def new_dataset_id() -> str:
+    """A fresh random dataset id (tabular and tensor datasets alike): ``ds-`` and 16 lowercase hex digits."""
+    return "ds-" + secrets.token_hex(8)
 
 
 def is_dataset_id(value: str) -> bool:

@@ -46,7 +46,7 @@ class LinkStats:
 
 
 HEARTBEAT_S = 5.0  # a server still working on a request sends a "busy" frame this often
-PEER_TIMEOUT_S = 20.0  # a peer that sends nothing for this long is frozen or gone
+PEER_TIMEOUT_S = 15.0  # a peer that sends nothing for this long (three heartbeats) is frozen or gone
 IDLE_TIMEOUT_S = 600.0  # a server closes a link that carries no request for this long
 HANDSHAKE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
