@@ -88,7 +88,7 @@ def test_early_break_stops_the_prefetch_thread(dataset, keystore):
     ds = EncryptedTensorDataset(dataset.path, keystore, decrypt="per-batch")
     for _ in EncryptedDataLoader(ds, batch_size=4, shuffle=True, prefetch=1):
         break
-    assert not [t for t in threading.enumerate() if t.name.startswith("twofold-")]
+    assert not [t for t in threading.enumerate() if t.name in ("twofold-batch-prefetch", "twofold-shard-reader")]
 
 
 @CUDA
