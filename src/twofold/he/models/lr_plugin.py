@@ -15,8 +15,8 @@ from twofold.errors import InputError, ProtocolError, ServiceError
 from twofold.he import codec, fastexp
 from twofold.he.blocks import Blocks
 from twofold.he.models import lr
-from twofold.he.models.base import Encrypt, HEModel, MUContext, Progress, Reply, SUContext, register
-from twofold.he.models.nb_plugin import add_into, interrupted
+from twofold.he.models.base import MUContext, Progress, Reply, SUContext, register
+from twofold.he.models.nb_plugin import PerRecordModel, add_into, interrupted
 
 
 def run_fingerprint(owners: list[lr.OwnerData], weights: list[bytes] | None, iterations: int) -> str:
@@ -33,30 +33,18 @@ def run_fingerprint(owners: list[lr.OwnerData], weights: list[bytes] | None, ite
 
 
 @register
-class LogisticRegression(HEModel):
+class LogisticRegression(PerRecordModel):
     name = "lr"
     title = "Priv-LR"
     schema_type = lr.LRSchema
     schema_file = "lr.json"
     store = "lr-owners"
     status_key = "lr_owners"
+    scheme = lr
 
-    # ------------------------------------------------------------------------------ owner and client
-
-    def encrypt_upload(self, encrypt: Encrypt, params: dtpkc.PublicParams, schema: Any,
-                       rows: Sequence[Sequence[float]], labels: Sequence[str]) -> list[dtpkc.Ciphertext]:
-        lay = lr.layout_for(params, schema)
-        return [ct for row, y in zip(rows, labels, strict=True)
-                for ct in lr.encrypt_record(encrypt, lay, schema.encode_row(row), schema.class_index(y))]
-
-    def encrypt_query(self, encrypt: Encrypt, params: dtpkc.PublicParams, schema: Any,
-                      row: Sequence[float]) -> list[dtpkc.Ciphertext]:
-        return lr.encrypt_query(encrypt, lr.layout_for(params, schema), schema.encode_row(row))
-
-    # ------------------------------------------------------------------------------------------ MU
-
-    def upload_cts(self, params: dtpkc.PublicParams, schema: Any, records: int) -> int:
-        return records * lr.layout_for(params, schema).cts_per_record
+    def encode(self, schema: Any, row: Sequence[float]) -> list[int]:
+        """Standardized fixed-point features."""
+        return schema.encode_row(row)
 
     def new_owner(self) -> dict[str, Any]:
         return {"x": [], "xp": [], "stats": None}

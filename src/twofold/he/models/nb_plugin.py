@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from twofold.crypto import dtpkc
 from twofold.crypto import dtpkc_wire as wire
@@ -31,27 +31,42 @@ def interrupted(exc: ServiceError, what: str, saved: str) -> ServiceError:
     return ServiceError(f"SU failed during {what} ({exc}); {saved}: rerun train to resume")
 
 
+class PerRecordModel(HEModel):
+    """A model whose upload is the same fixed number of ciphertexts per record and whose query encodes one row
+    the same way: ``scheme`` is its module (``layout_for``, ``encrypt_record``, ``encrypt_query``) and
+    :meth:`encode` turns a row into the integers it encrypts."""
+
+    scheme: ClassVar[Any]
+
+    def encode(self, schema: Any, row: Sequence[float]) -> list[int]:
+        raise NotImplementedError
+
+    def encrypt_upload(self, encrypt: Encrypt, params: dtpkc.PublicParams, schema: Any,
+                       rows: Sequence[Sequence[float]], labels: Sequence[str]) -> list[dtpkc.Ciphertext]:
+        lay = self.scheme.layout_for(params, schema)
+        return [ct for row, y in zip(rows, labels, strict=True)
+                for ct in self.scheme.encrypt_record(encrypt, lay, self.encode(schema, row), schema.class_index(y))]
+
+    def encrypt_query(self, encrypt: Encrypt, params: dtpkc.PublicParams, schema: Any,
+                      row: Sequence[float]) -> list[dtpkc.Ciphertext]:
+        return self.scheme.encrypt_query(encrypt, self.scheme.layout_for(params, schema), self.encode(schema, row))
+
+    def upload_cts(self, params: dtpkc.PublicParams, schema: Any, records: int) -> int:
+        return records * self.scheme.layout_for(params, schema).cts_per_record
+
+
 @register
-class NaiveBayes(HEModel):
+class NaiveBayes(PerRecordModel):
     name = "nb"
     title = "Priv-NB"
     schema_type = nb.Schema
     schema_file = "schema.json"
     store = "owners"
     status_key = "owners"
+    scheme = nb
 
-    def encrypt_upload(self, encrypt: Encrypt, params: dtpkc.PublicParams, schema: Any,
-                       rows: Sequence[Sequence[float]], labels: Sequence[str]) -> list[dtpkc.Ciphertext]:
-        lay = nb.layout_for(params, schema)
-        return [ct for row, y in zip(rows, labels, strict=True)
-                for ct in nb.encrypt_record(encrypt, lay, schema.bin_row(row), schema.class_index(y))]
-
-    def encrypt_query(self, encrypt: Encrypt, params: dtpkc.PublicParams, schema: Any,
-                      row: Sequence[float]) -> list[dtpkc.Ciphertext]:
-        return nb.encrypt_query(encrypt, nb.layout_for(params, schema), schema.bin_row(row))
-
-    def upload_cts(self, params: dtpkc.PublicParams, schema: Any, records: int) -> int:
-        return records * nb.layout_for(params, schema).cts_per_record
+    def encode(self, schema: Any, row: Sequence[float]) -> list[int]:
+        return schema.bin_row(row)
 
     def new_owner(self) -> dict[str, Any]:
         return {"agg": None}
