@@ -109,13 +109,19 @@ def public_key_to_bytes(pk: PublicKey) -> bytes:
     return _header(_KIND_PUBLIC_KEY) + params.fingerprint + int(pk.h).to_bytes(_widths(params)[1], "big")
 
 
+def _fingerprinted(params: PublicParams, data: bytes, kind: int, width: int) -> int:
+    """The one value of an encoding ``version | kind | params fingerprint | value (width bytes)``."""
+    body = _body(data, kind)
+    _expect_len(body, FINGERPRINT_BYTES + width)
+    _check_fingerprint(params, body[:FINGERPRINT_BYTES])
+    return int.from_bytes(body[FINGERPRINT_BYTES:], "big")
+
+
 def public_key_from_bytes(params: PublicParams, data: bytes) -> PublicKey:
     """Strict inverse of :func:`public_key_to_bytes` under the given parameters."""
-    body = _body(data, _KIND_PUBLIC_KEY)
-    _expect_len(body, FINGERPRINT_BYTES + _widths(params)[1])
-    _check_fingerprint(params, body[:FINGERPRINT_BYTES])
+    value = _fingerprinted(params, data, _KIND_PUBLIC_KEY, _widths(params)[1])
     try:
-        return PublicKey(params, int.from_bytes(body[FINGERPRINT_BYTES:], "big"))
+        return PublicKey(params, value)
     except ValueError as exc:
         raise ProtocolError(f"invalid DT-PKC public key: {exc}") from None
 
@@ -129,11 +135,9 @@ def weak_key_to_bytes(sk: WeakSecretKey) -> bytes:
 
 def weak_key_from_bytes(params: PublicParams, data: bytes) -> WeakSecretKey:
     """Strict inverse of :func:`weak_key_to_bytes`."""
-    body = _body(data, _KIND_WEAK_KEY)
-    _expect_len(body, FINGERPRINT_BYTES + _widths(params)[0])
-    _check_fingerprint(params, body[:FINGERPRINT_BYTES])
+    value = _fingerprinted(params, data, _KIND_WEAK_KEY, _widths(params)[0])
     try:
-        return WeakSecretKey(params, int.from_bytes(body[FINGERPRINT_BYTES:], "big"))
+        return WeakSecretKey(params, value)
     except ValueError as exc:
         raise ProtocolError(f"invalid DT-PKC weak key: {exc}") from None
 
