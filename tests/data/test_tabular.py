@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import shutil
 import stat
+from hashlib import sha256
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -13,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from twofold.crypto.pme import PmeSession, key_material_name
-from twofold.data import EncryptedDataset, inspect
+from twofold.data import EncryptedDataset, Manifest, inspect
 from twofold.data.export import export_dataset
 from twofold.errors import ConfigError, InputError, IntegrityError, KeyAccessError
 from twofold.keys.keystore import Keystore
@@ -166,6 +168,17 @@ def test_edited_manifest_is_detected(dataset_dir, keystore, edit):
     path.write_text(json.dumps(doc))
     with pytest.raises(IntegrityError):
         _open_and_read(dataset_dir, keystore)
+
+
+def test_manifest_file_is_format_v1_as_any_json_and_hmac_library_reads_it(dataset_dir, keystore):
+    raw = (dataset_dir / "manifest.json").read_bytes()
+    doc = json.loads(raw)
+    assert raw == json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+    body = doc["manifest"]
+    mac_key = keystore.unwrap(doc["keys"]["mac_key"], f"manifest-mac|{body['dataset_id']}".encode())
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert hmac.digest(mac_key, b"twofold-manifest-v1\x00" + canonical, sha256).hex() == doc["mac"]
+    assert EncryptedDataset.open(dataset_dir, keystore).manifest == Manifest.from_bytes(raw)
 
 
 def test_manifest_mac_key_swapped_from_other_dataset_is_detected(table, keystore, tmp_path):

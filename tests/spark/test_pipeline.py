@@ -27,7 +27,7 @@ def test_pipeline_fits_and_transforms_encrypted_files(spark_env, owner, tmp_path
     assert isinstance(logreg, PartitionedModel) and not logreg.hasWeights and logreg.model_file.params["maxIter"] == 10
 
     out = fitted.transform(files)
-    assert out.count() == len(dataset.manifest["files"])  # one row per encrypted file, each sealed for the owner
+    assert out.count() == len(dataset.manifest.files)  # one row per encrypted file, each sealed for the owner
     assert dict(out.dtypes)["prediction"] == dict(out.dtypes)["cluster"] == "struct<job:string,sealed:binary>"
     predictions = open_predictions(out, owner)
     table = spark_env["tables"]["classification"]

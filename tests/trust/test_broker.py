@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from twofold.crypto import manifest as mf
 from twofold.crypto.evidence import report_data_for
 from twofold.crypto.hpke_seal import open_sealed_to
+from twofold.crypto.mac import mac_context
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession, release_info
 from twofold.enclave.measure import current_measurement
@@ -21,8 +21,7 @@ from twofold.errors import AttestationError, ConfigError, IntegrityError, Servic
 
 
 def _mac_item(dataset):
-    doc = mf.parse_public((dataset.path / "manifest.json").read_bytes())
-    return doc["keys"]["mac_key"], mf.mac_context(dataset.dataset_id)
+    return dataset.manifest.wrapped_mac_key, mac_context(dataset.dataset_id)
 
 
 def test_attested_session_gets_allowed_keys(broker, datasets, keystore):
@@ -123,7 +122,7 @@ def test_key_of_one_dataset_cannot_be_presented_as_another(broker, datasets):
     session.attest()
     wrapped, _ = _mac_item(datasets["other"])
     with pytest.raises(AttestationError, match="rejected"):
-        session.unwrap(wrapped, mf.mac_context(datasets["allowed"].dataset_id))
+        session.unwrap(wrapped, mac_context(datasets["allowed"].dataset_id))
 
 
 def test_restart_forces_a_fresh_attestation(broker, datasets):

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from twofold.crypto import manifest as mf
+from twofold.crypto.mac import mac_context
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.measure import current_measurement
@@ -53,8 +53,7 @@ def test_attestation_and_release_over_tls(home, keystore, datasets, tmp_path):
         def evidence(nonce, pub):
             return attester.evidence(measurement, nonce, pub)
 
-        doc = mf.parse_public((dataset.path / "manifest.json").read_bytes())
-        item = (doc["keys"]["mac_key"], mf.mac_context(dataset.dataset_id))
+        item = (dataset.manifest.wrapped_mac_key, mac_context(dataset.dataset_id))
         session = BrokerSession(kbs.address, measurement, evidence, ca_file=str(cert))
         assert session.unwrap(*item) == keystore.unwrap(*item)
         untrusting = BrokerSession(kbs.address, measurement, evidence)  # system CAs do not know this broker

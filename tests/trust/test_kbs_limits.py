@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from twofold.crypto import manifest as mf
+from twofold.crypto.mac import mac_context
 from twofold.data import EncryptedDataset
 from twofold.enclave.broker_client import BrokerSession
 from twofold.errors import ConfigError, ServiceError
@@ -50,8 +50,7 @@ AUTH_BODY = json.dumps({"backend": "simulation"}).encode()
 
 
 def _mac_item(dataset) -> tuple[str, bytes]:
-    doc = mf.parse_public((dataset.path / "manifest.json").read_bytes())
-    return doc["keys"]["mac_key"], mf.mac_context(dataset.dataset_id)
+    return dataset.manifest.wrapped_mac_key, mac_context(dataset.dataset_id)
 
 
 def _health(url: str) -> dict:

@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 
 from twofold.bench.common import machine
-from twofold.crypto import manifest as mf
 from twofold.crypto.kdf import Argon2Params
+from twofold.crypto.mac import mac_context
 from twofold.data import EncryptedDataset
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession
@@ -37,8 +37,7 @@ def run(attestations: int = 300, concurrency: int = 8) -> dict[str, Any]:
         store = Keystore.create(root / "ks", PASSPHRASE, Argon2Params(memory_kib=8192, iterations=1))
         dataset = EncryptedDataset.write(pa.table({"x": [1, 2]}), root / "ds", store)
         write_policy(root / "policy.json", [dataset.dataset_id])
-        doc = mf.parse_public((dataset.path / "manifest.json").read_bytes())
-        item = (doc["keys"]["mac_key"], mf.mac_context(dataset.dataset_id))
+        item = (dataset.manifest.wrapped_mac_key, mac_context(dataset.dataset_id))
         measurement = current_measurement()
         attester = SimulationAttester(load_or_create_platform_key())
         # every attestation comes from this one address: lift the per-address rate limit, so that the

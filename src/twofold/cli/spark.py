@@ -94,7 +94,6 @@ def predict(model_path: Path, dataset: Path, out: Path, keystore_dir: Path, kbs_
             master: str | None) -> None:
     """Predict on an encrypted dataset; predictions are written as an encrypted dataset of the owner."""
     from twofold.data.models import ModelFile
-    from twofold.data.tabular import read_manifest
     from twofold.spark import jobs
     from twofold.spark.embedded import job_services
     from twofold.spark.session import get_spark
@@ -110,4 +109,4 @@ def predict(model_path: Path, dataset: Path, out: Path, keystore_dir: Path, kbs_
             table = jobs.predict(spark, model, dataset, services.enclave, owner)
     written = jobs.write_predictions(table, out, owner)
     info(f"{written.num_rows} predictions ({model.algorithm}, {model.mode} mode) written encrypted to {out} "
-         f"(dataset {written.dataset_id}; label column kept: {read_manifest(dataset)['manifest']['label'] or '-'})")
+         f"(dataset {written.dataset_id}; label column kept: {written.label or '-'})")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twofold.crypto import manifest as mf
+from twofold.crypto.mac import mac_context
 from twofold.enclave.kernels import arrays, jobs
 from twofold.errors import InputError
 from twofold.fsutil import write_private
@@ -65,7 +65,7 @@ class ModelFile:
             raise InputError(f"{path} is a malformed model file") from None
 
     def model_key(self, wrapper: KeyWrapper) -> bytes:
-        mac_key = wrapper.unwrap(self.mac_key, mf.mac_context(self.dataset_id))
+        mac_key = wrapper.unwrap(self.mac_key, mac_context(self.dataset_id))
         return jobs.model_key(mac_key, self.model_id)
 
     def open(self, wrapper: KeyWrapper) -> bytes:
@@ -79,5 +79,5 @@ class ModelFile:
 def seal_payload(wrapper: KeyWrapper, dataset_id: str, mac_key_wrapped: str, model_id: str, algorithm: str,
                  payload: bytes) -> bytes:
     """Seal a payload as the enclave would (for whole mode, where the trusted driver holds the model)."""
-    mac_key = wrapper.unwrap(mac_key_wrapped, mf.mac_context(dataset_id))
+    mac_key = wrapper.unwrap(mac_key_wrapped, mac_context(dataset_id))
     return jobs.seal(jobs.model_key(mac_key, model_id), payload, jobs.model_aad(model_id, algorithm))

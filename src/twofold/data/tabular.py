@@ -13,6 +13,7 @@ write never leaves a directory that looks like a dataset.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import secrets
 import shutil
@@ -25,7 +26,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from twofold.crypto import manifest as mf
+from twofold.crypto.contexts import new_dataset_id
+from twofold.crypto.mac import mac_context, new_mac_key
+from twofold.crypto.manifest import TAIL_BYTES, Column, Encryption, FileEntry, Manifest, Schema, check_identity
 from twofold.crypto.pme import ALGORITHM, DATA_KEY_BITS, PmeSession, key_material_name
 from twofold.data.sources import open_table_source
 from twofold.errors import ConfigError, InputError, IntegrityError
@@ -39,26 +42,11 @@ Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
-class FileEntry:
-    """One partition as the manifest lists it."""
-
-    name: str
-    rows: int
-    bytes: int
-    sha256: str
-    tail_sha256: str
-
-
-@dataclass(frozen=True)
 class VerifyReport:
     dataset_id: str
     files: int
     rows: int
     bytes: int
-
-
-def new_dataset_id() -> str:
-    return "ds-" + secrets.token_hex(8)
 
 
 def part_name(index: int) -> str:
@@ -76,38 +64,33 @@ def schema_from_b64(text: str) -> pa.Schema:
 class EncryptedDataset:
     """An opened, manifest-authenticated encrypted dataset; partitions are authenticated as they are read."""
 
-    def __init__(self, path: Path, body: dict[str, Any], doc: dict[str, Any], pme: PmeSession,
-                 wrapper: KeyWrapper) -> None:
+    def __init__(self, path: Path, manifest: Manifest, pme: PmeSession, wrapper: KeyWrapper) -> None:
         self.path = path
-        self._body = body
-        self._doc = doc
+        self.manifest = manifest  # authenticated (public metadata)
         self._pme = pme
         self._wrapper = wrapper
-        self.files = [FileEntry(f["name"], int(f["rows"]), int(f["bytes"]), f["sha256"], f["tail_sha256"])
-                      for f in body["files"]]
 
     # -- public metadata ------------------------------------------------------------------------------------
 
     @property
+    def files(self) -> tuple[FileEntry, ...]:
+        return self.manifest.files
+
+    @property
     def dataset_id(self) -> str:
-        return self._body["dataset_id"]
+        return self.manifest.dataset_id
 
     @property
     def schema(self) -> pa.Schema:
-        return schema_from_b64(self._body["schema"]["arrow"])
+        return schema_from_b64(self.manifest.schema.arrow)
 
     @property
     def label(self) -> str | None:
-        return self._body["label"]
+        return self.manifest.label
 
     @property
     def num_rows(self) -> int:
-        return int(self._body["num_rows"])
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """The authenticated manifest body (public metadata)."""
-        return dict(self._body)
+        return self.manifest.num_rows
 
     # -- writing --------------------------------------------------------------------------------------------
 
@@ -130,13 +113,13 @@ class EncryptedDataset:
         staging.mkdir(mode=0o700)
         dataset_id = new_dataset_id()
         try:
-            body = _write_parts(reader, staging, wrapper, dataset_id, label, rows_per_file, progress, metadata or {})
+            manifest = _write_parts(reader, staging, wrapper, dataset_id, label, rows_per_file, progress,
+                                    metadata or {})
             os.replace(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        doc = mf.parse_public((out / MANIFEST).read_bytes())
-        return cls(out, body, doc, PmeSession(wrapper, dataset_id), wrapper)
+        return cls(out, manifest, PmeSession(wrapper, dataset_id), wrapper)
 
     # -- opening --------------------------------------------------------------------------------------------
 
@@ -144,12 +127,9 @@ class EncryptedDataset:
     def open(cls, path: Path | str, wrapper: KeyWrapper) -> EncryptedDataset:
         """Open a dataset: authenticate the manifest and check that the directory holds exactly its files."""
         path = Path(path)
-        doc = read_manifest(path)
-        wrapped = doc["keys"].get("mac_key", "")
-        dataset_id = str(doc["manifest"].get("dataset_id", ""))
-        mac_key = wrapper.unwrap(wrapped, mf.mac_context(dataset_id))
-        body = mf.authenticate(doc, mac_key)
-        dataset = cls(path, body, doc, PmeSession(wrapper, dataset_id), wrapper)
+        manifest = read_manifest(path)
+        mac_key = wrapper.unwrap(manifest.wrapped_mac_key, mac_context(manifest.dataset_id))
+        dataset = cls(path, manifest.authenticate(mac_key), PmeSession(wrapper, manifest.dataset_id), wrapper)
         dataset._check_listing()
         return dataset
 
@@ -191,7 +171,7 @@ class EncryptedDataset:
             key_material = (self.path / key_material_name(entry.name)).read_bytes()
         except FileNotFoundError:
             raise IntegrityError() from None
-        mf.check_identity(source, entry.bytes, entry.tail_sha256)
+        check_identity(source, entry.bytes, entry.tail_sha256)
         return source, key_material
 
     def read_file(self, index: int, columns: list[str] | None = None) -> pa.Table:
@@ -243,42 +223,41 @@ class EncryptedDataset:
         for entry in self.files:
             km_path = self.path / key_material_name(entry.name)
             write_private(km_path, self._pme.rewrap(entry.name, km_path.read_bytes()))
-        mac_key = self._wrapper.unwrap(self._doc["keys"]["mac_key"], mf.mac_context(self.dataset_id))
-        keys = _keys_section(self._wrapper, mac_key, self.dataset_id)
-        write_private(self.path / MANIFEST, mf.render(self._body, keys, self._doc["mac"]))
-        self._doc = mf.parse_public((self.path / MANIFEST).read_bytes())
-        return WrappedKey.decode(keys["mac_key"]).version
+        context = mac_context(self.dataset_id)
+        mac_key = self._wrapper.unwrap(self.manifest.wrapped_mac_key, context)
+        self.manifest = self.manifest.with_mac_key(self._wrapper.keystore_id, self._wrapper.wrap(mac_key, context))
+        write_private(self.path / MANIFEST, self.manifest.to_bytes())
+        return WrappedKey.decode(self.manifest.wrapped_mac_key).version
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest document of a dataset directory, parsed but not authenticated."""
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of a dataset directory, parsed but not authenticated."""
     if not path.is_dir():
         raise InputError(f"{path} is not a dataset directory")
     try:
         raw = (path / MANIFEST).read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path} has no {MANIFEST}: not a twofold dataset, or an incomplete one") from None
-    return mf.parse_public(raw)
+    return Manifest.from_bytes(raw)
 
 
 def inspect(path: Path | str) -> dict[str, Any]:
     """Public metadata of a dataset, read without any key and NOT authenticated (use verify for that)."""
-    doc = read_manifest(Path(path))
-    body = doc["manifest"]
-    wrapped = WrappedKey.decode(doc["keys"]["mac_key"])
+    manifest = read_manifest(Path(path))
+    wrapped = WrappedKey.decode(manifest.wrapped_mac_key)
     return {
-        "dataset_id": body["dataset_id"],
-        "created": body["created"],
-        "kind": body["kind"],
-        "num_rows": body["num_rows"],
-        "num_files": len(body["files"]),
-        "bytes": sum(int(f["bytes"]) for f in body["files"]),
-        "label": body["label"],
-        "columns": body["schema"]["columns"],
-        "encryption": body["encryption"],
+        "dataset_id": manifest.dataset_id,
+        "created": manifest.created,
+        "kind": manifest.kind,
+        "num_rows": manifest.num_rows,
+        "num_files": len(manifest.files),
+        "bytes": manifest.total_bytes,
+        "label": manifest.label,
+        "columns": [dataclasses.asdict(c) for c in manifest.schema.columns],
+        "encryption": dataclasses.asdict(manifest.encryption),
         "keystore_id": wrapped.keystore_id,
         "master_key_version": wrapped.version,
-        "metadata": body.get("metadata", {}),
+        "metadata": dict(manifest.metadata),
         "authenticated": False,
     }
 
@@ -293,10 +272,6 @@ def _as_reader(source: Path | str | pa.Table | pa.RecordBatchReader) -> pa.Recor
         return pa.RecordBatchReader.from_batches(source.schema, source.to_batches())
     reader, _ = open_table_source(source)
     return reader
-
-
-def _keys_section(wrapper: KeyWrapper, mac_key: bytes, dataset_id: str) -> dict[str, Any]:
-    return {"kms_instance_id": wrapper.keystore_id, "mac_key": wrapper.wrap(mac_key, mf.mac_context(dataset_id))}
 
 
 class _PartWriter:
@@ -352,7 +327,7 @@ class _PartWriter:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
             size = handle.tell()
-            handle.seek(max(0, size - mf.TAIL_BYTES))
+            handle.seek(max(0, size - TAIL_BYTES))
             tail = sha256(handle.read()).hexdigest()
         self.entries.append(FileEntry(name, self._rows, size, digest.hexdigest(), tail))
         self._writer, self._rows = None, 0
@@ -360,7 +335,7 @@ class _PartWriter:
 
 def _write_parts(reader: pa.RecordBatchReader, staging: Path, wrapper: KeyWrapper, dataset_id: str,
                  label: str | None, rows_per_file: int, progress: Progress | None,
-                 metadata: dict[str, Any]) -> dict[str, Any]:
+                 metadata: dict[str, Any]) -> Manifest:
     schema = reader.schema
     parts = _PartWriter(staging, PmeSession(wrapper, dataset_id), schema, rows_per_file)
     for batch in reader:
@@ -371,31 +346,20 @@ def _write_parts(reader: pa.RecordBatchReader, staging: Path, wrapper: KeyWrappe
     num_rows = sum(e.rows for e in entries)
     if num_rows == 0:
         raise InputError("the input has no data rows")
-    body = {
-        "format": mf.FORMAT,
-        "format_version": mf.FORMAT_VERSION,
-        "dataset_id": dataset_id,
-        "created": time.time(),
-        "kind": "table",
-        "label": label,
-        "num_rows": num_rows,
-        "schema": {
-            "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
-            "arrow": schema_to_b64(schema),
-        },
-        "encryption": {
-            "scheme": "parquet-modular-encryption",
-            "algorithm": ALGORITHM,
-            "footer": "encrypted",
-            "data_key_bits": DATA_KEY_BITS,
-            "double_wrapping": True,
-            "key_material": "external",
-            "master_key_id": dataset_id,
-        },
-        "files": [e.__dict__ for e in entries],
-        "metadata": metadata,
-    }
-    mac_key = mf.new_mac_key()
-    keys = _keys_section(wrapper, mac_key, dataset_id)
-    write_private(staging / MANIFEST, mf.render(body, keys, mf.compute_mac(mac_key, body)))
-    return body
+    mac_key = new_mac_key()
+    manifest = Manifest(
+        dataset_id=dataset_id,
+        created=time.time(),
+        label=label,
+        num_rows=num_rows,
+        schema=Schema(tuple(Column(f.name, str(f.type)) for f in schema), schema_to_b64(schema)),
+        encryption=Encryption(scheme="parquet-modular-encryption", algorithm=ALGORITHM, footer="encrypted",
+                              data_key_bits=DATA_KEY_BITS, double_wrapping=True, key_material="external",
+                              master_key_id=dataset_id),
+        files=tuple(entries),
+        kms_instance_id=wrapper.keystore_id,
+        wrapped_mac_key=wrapper.wrap(mac_key, mac_context(dataset_id)),
+        metadata=dict(metadata),
+    ).signed(mac_key)
+    write_private(staging / MANIFEST, manifest.to_bytes())
+    return manifest

@@ -27,7 +27,6 @@ This module needs numpy and cryptography only (no torch): the owner encrypts wit
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -46,14 +45,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from twofold.crypto.contexts import is_dataset_id, key_context
-from twofold.crypto.manifest import canonical
+from twofold.crypto.contexts import key_context, new_dataset_id
+from twofold.crypto.document import Document, DocumentFormat
+from twofold.crypto.mac import canonical, check_tag
 from twofold.errors import ConfigError, InputError, IntegrityError
 from twofold.fsutil import write_private
 from twofold.keys.wrapping import KeyWrapper, WrappedKey
 
-FORMAT = "twofold-tensors"
-FORMAT_VERSION = 1
+TENSORS = DocumentFormat("twofold-tensors", 1, "tensor dataset", part="header", key="data_key", tag="tag")
 HEADER = "header.json"
 CIPHER = "chacha20-poly1305-rfc8439"
 KEY_BYTES = 32
@@ -221,10 +220,6 @@ class TensorDatasetInfo:
     bytes: int
 
 
-def new_dataset_id() -> str:
-    return "ds-" + secrets.token_hex(8)
-
-
 def _check_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not arrays:
         raise InputError("no arrays to encrypt")
@@ -291,8 +286,8 @@ def write_tensors(arrays: Mapping[str, np.ndarray], out: Path | str, wrapper: Ke
     try:
         shards = [_write_shard(staging, layout, s, checked, key, progress) for s in range(layout.num_shards)]
         body = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format": TENSORS.name,
+            "format_version": TENSORS.version,
             "dataset_id": dataset_id,
             "created": time.time(),
             "kind": "tensors",
@@ -305,8 +300,9 @@ def write_tensors(arrays: Mapping[str, np.ndarray], out: Path | str, wrapper: Ke
             "shards": shards,
             "metadata": metadata or {},
         }
-        keys = {"kms_instance_id": wrapper.keystore_id, "data_key": wrapper.wrap(key, tensor_context(dataset_id))}
-        write_private(staging / HEADER, _render(body, keys, header_tag(key, body)))
+        wrapped = wrapper.wrap(key, tensor_context(dataset_id))
+        header = Document(body, wrapper.keystore_id, wrapped, header_tag(key, body))
+        write_private(staging / HEADER, TENSORS.render(header))
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -335,10 +331,6 @@ def _write_shard(staging: Path, layout: Layout, shard: int, arrays: Mapping[str,
     return {"name": shard_name(shard), "rows": stop - start, "bytes": size, "segments": len(segments)}
 
 
-def _render(body: dict[str, Any], keys: dict[str, Any], tag: str) -> bytes:
-    return json.dumps({"header": body, "keys": keys, "tag": tag}, indent=2, sort_keys=True).encode() + b"\n"
-
-
 # -- reading ---------------------------------------------------------------------------------------------------
 
 
@@ -349,9 +341,9 @@ class TensorShards:
     class only parses public metadata and reads ciphertext into caller-provided private buffers.
     """
 
-    def __init__(self, path: Path, doc: dict[str, Any]) -> None:
+    def __init__(self, path: Path, header: Document) -> None:
         self.path = path
-        self._doc = doc
+        self.header = header  # as read: public, not authenticated
         self._layout: Layout | None = None
 
     @classmethod
@@ -363,17 +355,17 @@ class TensorShards:
             raw = (path / HEADER).read_bytes()
         except FileNotFoundError:
             raise InputError(f"{path} has no {HEADER}: not a twofold tensor dataset, or an incomplete one") from None
-        return cls(path, parse_public(raw))
+        return cls(path, TENSORS.parse(raw))
 
     # -- public, unauthenticated facts (used to ask for the key) --
 
     @property
     def dataset_id(self) -> str:
-        return str(self._doc["header"]["dataset_id"])
+        return self.header.dataset_id
 
     @property
     def wrapped_key(self) -> str:
-        return str(self._doc["keys"]["data_key"])
+        return self.header.wrapped_key
 
     @property
     def key_context(self) -> bytes:
@@ -383,14 +375,8 @@ class TensorShards:
 
     def authenticate(self, key: bytes) -> Layout:
         """Check the header tag under the data key and the directory listing; returns the verified layout."""
-        body = self._doc["header"]
-        expected = bytes.fromhex(header_tag(key, body))
-        try:
-            given = bytes.fromhex(str(self._doc["tag"]))
-        except ValueError:
-            raise IntegrityError() from None
-        if not secrets.compare_digest(expected, given):
-            raise IntegrityError()
+        body = self.header.body
+        check_tag(header_tag(key, body), self.header.tag)
         layout = _layout_of(body)
         present = {p.name for p in self.path.iterdir()}
         if present != {HEADER} | {shard_name(s) for s in range(layout.num_shards)}:
@@ -450,25 +436,6 @@ class TensorShards:
         return out
 
 
-def parse_public(raw: bytes) -> dict[str, Any]:
-    """Parse a tensor header *without* authenticating it; raises InputError if it is not one."""
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-        body = doc["header"]
-        if body["format"] != FORMAT:
-            raise ValueError("format")
-        if not isinstance(doc["keys"]["data_key"], str) or not isinstance(doc["tag"], str):
-            raise ValueError("shape")
-        if not is_dataset_id(str(body["dataset_id"])):
-            raise ValueError("dataset id")
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise InputError("not a twofold tensor dataset header") from None
-    if body.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"tensor dataset format version {body.get('format_version')} is not supported "
-                         f"(this twofold reads version {FORMAT_VERSION})")
-    return doc
-
-
 def _layout_of(body: dict[str, Any]) -> Layout:
     """The layout of an authenticated body (a malformed one is still refused: it was written by a bug)."""
     try:
@@ -486,7 +453,7 @@ def _layout_of(body: dict[str, Any]) -> Layout:
 def inspect_tensors(path: Path | str) -> dict[str, Any]:
     """Public metadata of a tensor dataset, read without any key and NOT authenticated."""
     shards = TensorShards.open(path)
-    body = shards._doc["header"]
+    body = shards.header.body
     wrapped = WrappedKey.decode(shards.wrapped_key)
     return {
         "dataset_id": body["dataset_id"],

@@ -20,8 +20,8 @@ def info(state: EnclaveState) -> dict[str, Any]:
 def open_dataset(state: EnclaveState, manifest: bytes) -> dict[str, Any]:
     """Authenticate a dataset manifest with the MAC key released by the key broker."""
     opened = state.open_dataset(manifest)
-    return {"dataset_id": opened.dataset_id, "num_files": len(opened.body["files"]),
-            "num_rows": int(opened.body["num_rows"])}
+    return {"dataset_id": opened.dataset_id, "num_files": len(opened.manifest.files),
+            "num_rows": opened.manifest.num_rows}
 
 
 @ecall("partition_cached", args={"dataset_id": str, "index": int}, result={"cached": bool})

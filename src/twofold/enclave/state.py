@@ -10,7 +10,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from twofold.crypto import manifest as mf
+from twofold.crypto.mac import mac_context
+from twofold.crypto.manifest import FileEntry, Manifest, check_identity
 from twofold.crypto.pme import PmeSession, key_material_name
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.cache import PartitionCache
@@ -21,13 +22,13 @@ from twofold.errors import ConfigError, IntegrityError
 class OpenedDataset:
     """A dataset whose manifest this enclave authenticated itself."""
 
-    body: dict[str, Any]
+    manifest: Manifest
     pme: PmeSession
     mac_key: bytes
 
     @property
     def dataset_id(self) -> str:
-        return self.body["dataset_id"]
+        return self.manifest.dataset_id
 
 
 @dataclass
@@ -41,13 +42,11 @@ class EnclaveState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open_dataset(self, manifest_bytes: bytes) -> OpenedDataset:
-        doc = mf.parse_public(manifest_bytes)
-        dataset_id = str(doc["manifest"].get("dataset_id", ""))
-        mac_key = self.broker.unwrap(str(doc["keys"].get("mac_key", "")), mf.mac_context(dataset_id))
-        body = mf.authenticate(doc, mac_key)
-        opened = OpenedDataset(body, PmeSession(self.broker, dataset_id), mac_key)
+        manifest = Manifest.from_bytes(manifest_bytes)
+        mac_key = self.broker.unwrap(manifest.wrapped_mac_key, mac_context(manifest.dataset_id))
+        opened = OpenedDataset(manifest.authenticate(mac_key), PmeSession(self.broker, manifest.dataset_id), mac_key)
         with self.lock:
-            self.datasets[dataset_id] = opened
+            self.datasets[manifest.dataset_id] = opened
         return opened
 
     def dataset(self, dataset_id: str) -> OpenedDataset:
@@ -62,7 +61,7 @@ class EnclaveState:
         if cached is not None:
             return cached
         entry = self._entry(dataset_id, index)
-        if len(data) != entry["bytes"] or sha256(data).hexdigest() != entry["sha256"]:
+        if len(data) != entry.bytes or sha256(data).hexdigest() != entry.sha256:
             raise IntegrityError()
         return self._decrypt(dataset_id, index, entry, data, key_material)
 
@@ -76,24 +75,24 @@ class EnclaveState:
         if cached is not None:
             return cached
         entry = self._entry(dataset_id, index)
-        path = Path(directory) / entry["name"]
+        path = Path(directory) / entry.name
         try:
             source = pa.memory_map(str(path))
-            key_material = Path(directory, key_material_name(entry["name"])).read_bytes()
+            key_material = Path(directory, key_material_name(entry.name)).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             raise IntegrityError() from None
-        mf.check_identity(source, entry["bytes"], entry["tail_sha256"])
+        check_identity(source, entry.bytes, entry.tail_sha256)
         return self._decrypt(dataset_id, index, entry, source, key_material)
 
-    def _entry(self, dataset_id: str, index: int) -> dict[str, Any]:
-        files = self.dataset(dataset_id).body["files"]
+    def _entry(self, dataset_id: str, index: int) -> FileEntry:
+        files = self.dataset(dataset_id).manifest.files
         if not 0 <= index < len(files):
             raise ConfigError(f"dataset {dataset_id} has no partition {index}")
         return files[index]
 
-    def _decrypt(self, dataset_id: str, index: int, entry: dict[str, Any], data: Any, key_material: bytes) -> pa.Table:
-        table = self.dataset(dataset_id).pme.read_file(data, entry["name"], key_material)
-        if table.num_rows != entry["rows"]:
+    def _decrypt(self, dataset_id: str, index: int, entry: FileEntry, data: Any, key_material: bytes) -> pa.Table:
+        table = self.dataset(dataset_id).pme.read_file(data, entry.name, key_material)
+        if table.num_rows != entry.rows:
             raise IntegrityError()
         self.cache.put((dataset_id, index), table, table.nbytes)
         return table

@@ -17,7 +17,7 @@ def dataset_id_of(value: str) -> str:
     """A dataset id given as an id, '*', or a dataset directory."""
     if value == "*" or value.startswith("ds-"):
         return value
-    return str(read_manifest(Path(value))["manifest"]["dataset_id"])
+    return read_manifest(Path(value)).dataset_id
 
 
 def resolve_measurements(measurement: str) -> list[str]:

@@ -29,7 +29,7 @@ from pyspark.ml.param.shared import (
 from twofold.data.models import ModelFile
 from twofold.errors import InputError
 from twofold.spark import catalog, partitioned
-from twofold.spark.files import file_set, numeric_columns
+from twofold.spark.files import numeric_columns
 from twofold.spark.model import EnclaveParams, PartitionedModel
 
 
@@ -55,19 +55,18 @@ class _PartitionedEstimator(Estimator, EnclaveParams):
         return self
 
     def _fit(self, dataset: Any) -> PartitionedModel:
-        spec, files = catalog.get(self.algorithm), file_set(dataset)
+        spec, files = catalog.get(self.algorithm), self._file_set(dataset)
         label = self.getOrDefault("labelCol") if spec.uses_label else ""
         chosen = self.getOrDefault("inputCols") if self.isSet("inputCols") else None
-        columns = list(chosen) if chosen else numeric_columns(files.body, label)
+        columns = list(chosen) if chosen else numeric_columns(files.manifest, label)
         if not columns:
             raise InputError("the dataset has no numeric feature columns")
         params = {name: self.getOrDefault(name) for name in spec.param_names}
         task = partitioned.Task(self.enclave(), files.path, files.dataset_id, spec.kernel, tuple(columns), label,
                                 params, self.getRelease(), partitioned.new_job())
-        result = partitioned.fit(files.index_rdd(dataset.sparkSession), len(files.body["files"]), task,
-                                 progress=self._progress)
+        result = partitioned.fit(files.index_rdd(dataset.sparkSession), files, task, progress=self._progress)
         model_file = ModelFile(spec.name, "partitioned", task.release, files.dataset_id, result.model_id,
-                               files.manifest["keys"]["mac_key"], columns, label, params, result.sealed_model)
+                               files.manifest.wrapped_mac_key, columns, label, params, result.sealed_model)
         return self._copyValues(PartitionedModel(model_file, result.model, result.passes, result.timings))
 
 

@@ -214,14 +214,19 @@ class HostEnclave:
             self.call("load_partition_from", **args)
 
     def open_dataset(self, dataset_dir: str) -> dict[str, Any]:
-        return self.call("open_dataset", manifest=(Path(dataset_dir) / "manifest.json").read_bytes())
+        """Have the enclave authenticate and open the dataset whose manifest is in ``dataset_dir``."""
+        return self.open_manifest((Path(dataset_dir) / "manifest.json").read_bytes())
 
-    def dataset_call(self, dataset_dir: str, name: str, **args: Any) -> dict:
-        """An ecall that needs an open dataset; re-opens it once if the enclave was restarted meanwhile."""
+    def open_manifest(self, manifest: bytes) -> dict[str, Any]:
+        """Have the enclave authenticate and open the dataset of a manifest file's bytes."""
+        return self.call("open_dataset", manifest=manifest)
+
+    def dataset_call(self, manifest: bytes, name: str, **args: Any) -> dict:
+        """An ecall that needs an open dataset; re-opens it from ``manifest`` once if the enclave was restarted."""
         try:
             return self.call(name, **args)
         except ConfigError:
-            self.open_dataset(dataset_dir)
+            self.open_manifest(manifest)
             return self.call(name, **args)
 
     def partition_call(self, dataset_dir: str, dataset_id: str, index: int, name: str, **args: Any) -> dict:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from twofold.crypto.manifest import Manifest
 from twofold.data.models import ModelFile, seal_payload
 from twofold.data.tabular import EncryptedDataset, read_manifest
 from twofold.errors import ConfigError
@@ -36,10 +37,10 @@ class TrainResult:
     weights: dict[str, Any] | None  # plaintext weights where the driver legitimately holds them
 
 
-def feature_columns(path: Path, label: str | None, features: list[str] | None) -> tuple[list[str], str]:
-    body = read_manifest(Path(path))["manifest"]
-    label = label if label is not None else (body["label"] or "")
-    return (features or numeric_columns(body, label)), label
+def feature_columns(manifest: Manifest, label: str | None, features: list[str] | None) -> tuple[list[str], str]:
+    """The feature columns and the label of a job: as given, or the dataset's label and other numeric columns."""
+    label = label if label is not None else (manifest.label or "")
+    return (features or numeric_columns(manifest, label)), label
 
 
 def train(spark: Any, path: Path, algorithm: str, mode: str, release: str, enclave: EnclaveConfig,
@@ -48,7 +49,8 @@ def train(spark: Any, path: Path, algorithm: str, mode: str, release: str, encla
     """Fit ``algorithm`` on an encrypted dataset and return the sealed model."""
     spec = catalog.get(algorithm)
     params = spec.check(params)
-    columns, label = feature_columns(path, label, features)
+    manifest = read_manifest(Path(path))  # once for the job: the stages below are given it
+    columns, label = feature_columns(manifest, label, features)
     if spec.uses_label and not label:
         raise ConfigError(f"{algorithm} needs a label column: pass --label")
     if mode == "partitioned":
@@ -57,11 +59,11 @@ def train(spark: Any, path: Path, algorithm: str, mode: str, release: str, encla
                                              **params)
         if progress:
             estimator.setProgress(progress)
-        model = estimator.fit(encrypted_files(spark, path))
+        model = estimator.setManifest(manifest).fit(encrypted_files(spark, path, manifest))
         return TrainResult(model.model_file, model.passes, model.weights if model.hasWeights else None)
     if mode != "whole":
         raise ConfigError("mode must be 'whole' or 'partitioned'")
-    return _train_whole(spark, Path(path), spec, enclave.kbs_url, params, columns, label)
+    return _train_whole(spark, Path(path), manifest, spec, enclave.kbs_url, params, columns, label)
 
 
 def mllib_estimator(algorithm: str, params: dict[str, Any], label: str) -> Any:
@@ -85,9 +87,10 @@ def _private_tmp() -> str:
     return tempfile.mkdtemp(prefix="twofold-model-", dir=base)
 
 
-def _train_whole(spark: Any, path: Path, spec: catalog.Algorithm, kbs_url: str, params: dict[str, Any],
-                 columns: list[str], label: str) -> TrainResult:
-    frame = read_encrypted(spark, path, kbs_url, columns=[label] if label else [], features=columns).cache()
+def _train_whole(spark: Any, path: Path, manifest: Manifest, spec: catalog.Algorithm, kbs_url: str,
+                 params: dict[str, Any], columns: list[str], label: str) -> TrainResult:
+    frame = read_encrypted(spark, path, kbs_url, columns=[label] if label else [], features=columns,
+                           manifest=manifest).cache()
     model = mllib_estimator(spec.name, params, label).fit(frame)
     frame.unpersist()
     tmp = _private_tmp()
@@ -98,8 +101,7 @@ def _train_whole(spark: Any, path: Path, spec: catalog.Algorithm, kbs_url: str, 
             archive.add(os.path.join(tmp, "model"), arcname="model")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    body = read_manifest(path)
-    dataset_id, mac_key = body["manifest"]["dataset_id"], body["keys"]["mac_key"]
+    dataset_id, mac_key = manifest.dataset_id, manifest.wrapped_mac_key
     model_id = "m-" + secrets.token_hex(8)
     sealed = seal_payload(attested_session(kbs_url), dataset_id, mac_key, model_id, spec.name, buffer.getvalue())
     passes = int(model.summary.totalIterations) if getattr(model, "hasSummary", False) and \
@@ -110,17 +112,18 @@ def _train_whole(spark: Any, path: Path, spec: catalog.Algorithm, kbs_url: str, 
 
 def predict(spark: Any, model: ModelFile, path: Path, enclave: EnclaveConfig, owner: KeyWrapper) -> pa.Table:
     """Predictions for an encrypted dataset, opened by the owner (label column kept when present)."""
+    manifest = read_manifest(Path(path))  # once for the job
     if model.mode == "partitioned":
         from twofold.spark.model import PartitionedModel
 
-        sealed = PartitionedModel(model).setEnclave(enclave).transform(encrypted_files(spark, path))
-        return open_predictions(sealed, owner)
-    label = read_manifest(Path(path))["manifest"]["label"] or ""
-    return _predict_whole(spark, model, Path(path), enclave.kbs_url, label)
+        stage = PartitionedModel(model).setEnclave(enclave).setManifest(manifest)
+        return open_predictions(stage.transform(encrypted_files(spark, path, manifest)), owner, manifest=manifest)
+    return _predict_whole(spark, model, Path(path), enclave.kbs_url, manifest)
 
 
-def _predict_whole(spark: Any, model: ModelFile, path: Path, kbs_url: str, label: str) -> pa.Table:
+def _predict_whole(spark: Any, model: ModelFile, path: Path, kbs_url: str, manifest: Manifest) -> pa.Table:
     spec = catalog.get(model.algorithm)
+    label = manifest.label or ""
     tmp = _private_tmp()
     try:
         with tarfile.open(fileobj=io.BytesIO(model.open(attested_session(kbs_url))), mode="r") as archive:
@@ -129,7 +132,8 @@ def _predict_whole(spark: Any, model: ModelFile, path: Path, kbs_url: str, label
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     keep = [label] if label else []
-    out = fitted.transform(read_encrypted(spark, path, kbs_url, columns=keep, features=model.columns))
+    out = fitted.transform(read_encrypted(spark, path, kbs_url, columns=keep, features=model.columns,
+                                          manifest=manifest))
     if spec.output == "components":
         from pyspark.ml.functions import vector_to_array
 

@@ -15,10 +15,11 @@ from pyspark.ml import Model
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCols, HasPredictionCol
 
+from twofold.crypto.manifest import Manifest
 from twofold.data.models import ModelFile
 from twofold.errors import ConfigError
 from twofold.spark import partitioned
-from twofold.spark.files import file_set
+from twofold.spark.files import FileSet, file_set
 from twofold.spark.host_enclave import EnclaveConfig
 
 
@@ -34,6 +35,16 @@ class EnclaveParams(HasPredictionCol, HasInputCols):
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(release="statistics", predictionCol="prediction")
+        self._manifest: Manifest | None = None
+
+    def setManifest(self, manifest: Manifest) -> Any:
+        """Use ``manifest``, already read by the caller, for the dataset this stage then fits on or transforms
+        (instead of reading it again); a ConfigError if the files are of another dataset."""
+        self._manifest = manifest
+        return self
+
+    def _file_set(self, frame: Any) -> FileSet:
+        return file_set(frame, self._manifest)
 
     def getRelease(self) -> str:
         return self.getOrDefault("release")
@@ -110,10 +121,10 @@ class PartitionedModel(Model, EnclaveParams):
     def _transform(self, dataset: Any) -> Any:
         """``dataset`` (the files of an encrypted dataset) with, in ``predictionCol``, each file's predictions
         sealed by its host enclave for the dataset's owner: a struct of the ``job`` and the ``sealed`` bytes."""
-        model, files = self._file(), file_set(dataset)
+        model, files = self._file(), self._file_set(dataset)
         task = partitioned.Task(self.enclave(), files.path, files.dataset_id, model.algorithm, tuple(model.columns),
-                                files.body["label"] or "", model.params, "sealed", partitioned.new_job())
-        sealed = partitioned.predict(files.index_rdd(dataset.sparkSession), files.indices, task,
+                                files.manifest.label or "", model.params, "sealed", partitioned.new_job())
+        sealed = partitioned.predict(files.index_rdd(dataset.sparkSession), files, task,
                                      {"model_dataset_id": model.dataset_id, "model_mac_key": model.mac_key,
                                       "model_id": model.model_id, "model": model.sealed})
         schema = f"index int, `{self.getOrDefault('predictionCol')}` struct<job string, sealed binary>"

@@ -11,13 +11,16 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twofold.enclave.kernels import arrays
 from twofold.enclave.kernels.base import algorithm as get_algorithm
 from twofold.errors import ConfigError, ProtocolError
 from twofold.spark.errors import translate
 from twofold.spark.host_enclave import EnclaveConfig, HostEnclave
+
+if TYPE_CHECKING:
+    from twofold.spark.files import FileSet
 
 MAX_PASSES = 1000
 
@@ -69,24 +72,26 @@ def _collect(rdd: Any) -> list:
 
 
 class _Driver:
-    """The driver's side of a fit: its host enclave and the dataset it works on."""
+    """The driver's side of a fit: its host enclave, which opens the dataset from the manifest the driver read."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, manifest: bytes) -> None:
         self.task = task
+        self.manifest = manifest
         self.host = HostEnclave(task.config)
-        self.host.open_dataset(task.path)
+        self.host.open_manifest(manifest)
 
     def call(self, name: str, **args: Any) -> dict[str, Any]:
         t = self.task
-        return self.host.dataset_call(t.path, name, dataset_id=t.dataset_id, algorithm=t.algorithm, **args)
+        return self.host.dataset_call(self.manifest, name, dataset_id=t.dataset_id, algorithm=t.algorithm, **args)
 
 
-def fit(index_rdd: Any, num_files: int, task: Task, progress: Callable[[int], None] | None = None) -> FitResult:
+def fit(index_rdd: Any, files: FileSet, task: Task, progress: Callable[[int], None] | None = None) -> FitResult:
     """Run a partitioned fit to convergence; ``index_rdd`` holds the partition indices, one per Spark partition."""
     if task.release not in ("statistics", "sealed"):
         raise ConfigError("release must be 'statistics' or 'sealed'")
     algo = get_algorithm(task.algorithm)
-    driver = _Driver(task)
+    driver = _Driver(task, files.manifest.to_bytes())
+    num_files = len(files.manifest.files)
     sealed = task.release == "sealed"
     timings = dict.fromkeys(("wall", "load", "stats_ecalls", "update"), 0.0)
     began = time.perf_counter()
@@ -144,11 +149,11 @@ def _predict_task(task: Task, model: dict[str, Any], indices: Iterator[int]) -> 
         yield index, reply["predictions"]
 
 
-def predict(index_rdd: Any, indices: list[int], task: Task, model: dict[str, Any]) -> list[tuple[int, bytes]]:
-    """Sealed predictions for the partitions ``indices`` (which ``index_rdd`` holds), in index order; ``model``
+def predict(index_rdd: Any, files: FileSet, task: Task, model: dict[str, Any]) -> list[tuple[int, bytes]]:
+    """Sealed predictions for the partitions of ``files`` (which ``index_rdd`` holds), in index order; ``model``
     holds model_dataset_id, model_mac_key, model_id and model."""
-    HostEnclave(task.config).open_dataset(task.path)
+    HostEnclave(task.config).open_manifest(files.manifest.to_bytes())
     results = sorted(_collect(index_rdd.mapPartitions(lambda it: _predict_task(task, model, it))))
-    if [i for i, _ in results] != sorted(indices):
+    if [i for i, _ in results] != sorted(files.indices):
         raise ProtocolError("the job did not produce predictions for every partition exactly once")
     return results

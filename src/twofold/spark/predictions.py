@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from twofold.crypto import manifest as mf
-from twofold.data.tabular import read_manifest
+from twofold.crypto.mac import mac_context
+from twofold.crypto.manifest import Manifest
 from twofold.enclave.kernels import arrays, jobs
 from twofold.errors import ConfigError
 from twofold.keys.wrapping import KeyWrapper
+from twofold.spark.files import manifest_of
 
 COMPONENT_PREFIX = "pca_"  # components arrive as columns pca_0, pca_1, ...
 
@@ -31,18 +31,19 @@ def prediction_table(parts: list[dict[str, np.ndarray]], label: str) -> pa.Table
     return pa.table(columns)
 
 
-def open_predictions(frame: Any, owner: KeyWrapper, prediction_col: str = "prediction") -> pa.Table:
+def open_predictions(frame: Any, owner: KeyWrapper, prediction_col: str = "prediction",
+                     manifest: Manifest | None = None) -> pa.Table:
     """Open the sealed predictions a partitioned model's ``transform`` gave, with the owner's keystore.
 
     ``frame`` is that transform's output (one row per encrypted file); the table holds the dataset's label, when
-    it has one, and the predictions, in dataset order.
+    it has one, and the predictions, in dataset order. ``manifest``: the dataset's, if the caller has read it.
     """
     rows = sorted(frame.select("path", "dataset_id", "index", prediction_col).collect(), key=lambda r: r["index"])
     if not rows or len({(r["path"], r["dataset_id"]) for r in rows}) != 1:
         raise ConfigError("open the predictions of one dataset at a time")
-    doc = read_manifest(Path(rows[0]["path"]))
-    mac_key = owner.unwrap(doc["keys"]["mac_key"], mf.mac_context(rows[0]["dataset_id"]))
+    manifest = manifest_of(rows[0]["path"], rows[0]["dataset_id"], manifest)
+    mac_key = owner.unwrap(manifest.wrapped_mac_key, mac_context(manifest.dataset_id))
     sealed = [(r["index"], r[prediction_col]["job"], bytes(r[prediction_col]["sealed"])) for r in rows]
     keys = {job: jobs.job_key(mac_key, job) for _, job, _ in sealed}
     parts = [arrays.unpack(jobs.open_(keys[job], blob, jobs.predictions_aad(job, i))) for i, job, blob in sealed]
-    return prediction_table(parts, doc["manifest"]["label"] or "")
+    return prediction_table(parts, manifest.label or "")

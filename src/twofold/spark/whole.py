@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from twofold.crypto.manifest import Manifest
 from twofold.data.tabular import EncryptedDataset, read_manifest, schema_from_b64
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession
@@ -64,18 +65,20 @@ def _decrypt_partitions(path: str, kbs_url: str, columns: list[str] | None, asse
 
 
 def read_encrypted(spark: Any, path: str | Path, kbs_url: str, columns: list[str] | None = None,
-                   features: list[str] | None = None, features_col: str = "features") -> Any:
+                   features: list[str] | None = None, features_col: str = "features",
+                   manifest: Manifest | None = None) -> Any:
     """A DataFrame of the dataset's plaintext, decrypted inside the executors (one partition per file).
 
     ``columns`` selects columns (all by default). With ``features``, those columns arrive assembled into one
     dense ``pyspark.ml`` vector column ``features_col`` (what ``VectorAssembler`` gives, built per Arrow batch
-    in the executor), followed by ``columns`` (by default every column that is not a feature).
+    in the executor), followed by ``columns`` (by default every column that is not a feature). ``manifest``:
+    the dataset's manifest if the caller has read it already.
     """
     from pyspark.sql.pandas.types import from_arrow_schema
 
     path = str(Path(path).resolve())
-    body = read_manifest(Path(path))["manifest"]
-    schema = schema_from_b64(body["schema"]["arrow"])
+    manifest = manifest if manifest is not None else read_manifest(Path(path))
+    schema = schema_from_b64(manifest.schema.arrow)
     for name in columns or []:
         if name not in schema.names:
             raise ConfigError(f"no column {name!r} in the dataset")
@@ -87,7 +90,7 @@ def read_encrypted(spark: Any, path: str | Path, kbs_url: str, columns: list[str
         columns = list(dict.fromkeys([*features, *keep]))
     else:
         spark_schema = from_arrow_schema(pa.schema([schema.field(c) for c in columns]) if columns else schema)
-    count = len(body["files"])
+    count = len(manifest.files)
     indices = spark.createDataFrame(spark.sparkContext.parallelize([(i,) for i in range(count)], max(count, 1)),
                                     "index int")  # partition i holds file i, so row order is the dataset's
     return indices.mapInArrow(lambda batches: _decrypt_partitions(path, kbs_url, columns, assembly, batches),

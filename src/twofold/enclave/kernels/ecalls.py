@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twofold.crypto.manifest import mac_context
+from twofold.crypto.mac import mac_context
 from twofold.enclave.kernels import arrays, jobs
 from twofold.enclave.kernels.base import algorithm
 from twofold.enclave.kernels.features import matrix
@@ -84,7 +84,7 @@ def fit_init(state: EnclaveState, dataset_id: str, algorithm: str, params: dict,
 def fit_combine(state: EnclaveState, dataset_id: str, algorithm: str, params: dict, job: str, iteration: int,
                 model_state: bytes, stats: list, indices: list) -> dict[str, Any]:
     """Combine sealed statistics of every partition, exactly once each, and take one optimizer step."""
-    expected = list(range(len(state.dataset(dataset_id).body["files"])))
+    expected = list(range(len(state.dataset(dataset_id).manifest.files)))
     if sorted(indices) != expected or len(stats) != len(indices):
         raise ProtocolError("statistics must cover every partition of the dataset exactly once")
     key = _job_key(state, dataset_id, job)
