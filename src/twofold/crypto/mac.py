@@ -1,7 +1,7 @@
 """The manifest MAC: HMAC-SHA256 over a document's canonical JSON, under a random per-dataset key.
 
 The key is wrapped by the owner's master key under ``mac_context(dataset_id)``; the same key also derives the
-keys of model files and sealed job results (``twofold.enclave.kernels.jobs``). Every mismatch is the opaque
+keys of model files and sealed job results (``twofold.crypto.sealing``). Every mismatch is the opaque
 IntegrityError.
 """
 

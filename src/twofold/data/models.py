@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twofold.crypto import sealing
 from twofold.crypto.mac import mac_context
-from twofold.enclave.kernels import arrays, jobs
 from twofold.errors import InputError
 from twofold.fsutil import write_private
 from twofold.keys.wrapping import KeyWrapper
@@ -66,18 +66,18 @@ class ModelFile:
 
     def model_key(self, wrapper: KeyWrapper) -> bytes:
         mac_key = wrapper.unwrap(self.mac_key, mac_context(self.dataset_id))
-        return jobs.model_key(mac_key, self.model_id)
+        return sealing.model_key(mac_key, self.model_id)
 
     def open(self, wrapper: KeyWrapper) -> bytes:
         """The plaintext payload, for a party that can unwrap the training dataset's MAC key."""
-        return jobs.open_(self.model_key(wrapper), self.sealed, jobs.model_aad(self.model_id, self.algorithm))
+        return sealing.open_(self.model_key(wrapper), self.sealed, sealing.model_aad(self.model_id, self.algorithm))
 
-    def open_arrays(self, wrapper: KeyWrapper) -> arrays.Arrays:
-        return arrays.unpack(self.open(wrapper))
+    def open_arrays(self, wrapper: KeyWrapper) -> sealing.Arrays:
+        return sealing.unpack(self.open(wrapper))
 
 
 def seal_payload(wrapper: KeyWrapper, dataset_id: str, mac_key_wrapped: str, model_id: str, algorithm: str,
                  payload: bytes) -> bytes:
     """Seal a payload as the enclave would (for whole mode, where the trusted driver holds the model)."""
     mac_key = wrapper.unwrap(mac_key_wrapped, mac_context(dataset_id))
-    return jobs.seal(jobs.model_key(mac_key, model_id), payload, jobs.model_aad(model_id, algorithm))
+    return sealing.seal(sealing.model_key(mac_key, model_id), payload, sealing.model_aad(model_id, algorithm))

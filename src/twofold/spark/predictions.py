@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from twofold.crypto import sealing
 from twofold.crypto.mac import mac_context
 from twofold.crypto.manifest import Manifest
-from twofold.enclave.kernels import arrays, jobs
 from twofold.errors import ConfigError
 from twofold.keys.wrapping import KeyWrapper
 from twofold.spark.files import manifest_of
@@ -44,6 +44,6 @@ def open_predictions(frame: Any, owner: KeyWrapper, prediction_col: str = "predi
     manifest = manifest_of(rows[0]["path"], rows[0]["dataset_id"], manifest)
     mac_key = owner.unwrap(manifest.wrapped_mac_key, mac_context(manifest.dataset_id))
     sealed = [(r["index"], r[prediction_col]["job"], bytes(r[prediction_col]["sealed"])) for r in rows]
-    keys = {job: jobs.job_key(mac_key, job) for _, job, _ in sealed}
-    parts = [arrays.unpack(jobs.open_(keys[job], blob, jobs.predictions_aad(job, i))) for i, job, blob in sealed]
+    keys = {job: sealing.job_key(mac_key, job) for _, job, _ in sealed}
+    parts = [sealing.unpack(sealing.open_(keys[job], blob, sealing.predictions_aad(job, i))) for i, job, blob in sealed]
     return prediction_table(parts, manifest.label or "")

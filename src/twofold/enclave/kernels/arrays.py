@@ -1,34 +1,13 @@
-"""Named float64 arrays packed with msgpack: the only shape in which statistics, states and models travel.
-
-Sizes depend only on the arrays' shapes, never on their values, so message sizes reveal nothing about the data.
-"""
+"""Named float64 arrays (packed by :mod:`twofold.crypto.sealing`): combining per-partition statistics."""
 
 from __future__ import annotations
 
-import msgpack
 import numpy as np
 
+from twofold.crypto.sealing import Arrays, pack, unpack
 from twofold.errors import ProtocolError
 
-Arrays = dict[str, np.ndarray]
-
-
-def pack(arrays: Arrays) -> bytes:
-    return msgpack.packb({name: [list(np.shape(a)), np.ascontiguousarray(a, dtype="<f8").tobytes()]
-                          for name, a in sorted(arrays.items())}, use_bin_type=True)
-
-
-def unpack(data: bytes) -> Arrays:
-    try:
-        raw = msgpack.unpackb(data, raw=False)
-        out = {}
-        for name, (shape, buffer) in raw.items():
-            array = np.frombuffer(buffer, dtype="<f8")
-            out[str(name)] = array.reshape([int(s) for s in shape]).copy()
-        return out
-    except (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError):
-        raise ProtocolError("malformed array bundle") from None
-
+__all__ = ["Arrays", "combine", "pack", "unpack"]
 
 def combine(parts: list[Arrays]) -> Arrays:
     """Sum per-partition statistics; ``cat_*`` are concatenated in partition order, ``max_*``/``min_*`` reduced."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from twofold.crypto import sealing
 from twofold.crypto.mac import mac_context
-from twofold.enclave.kernels import arrays, jobs
+from twofold.enclave.kernels import arrays
 from twofold.enclave.kernels.base import algorithm
 from twofold.enclave.kernels.features import matrix
 from twofold.enclave.registry import ecall
@@ -42,7 +43,7 @@ def _features(state: EnclaveState, dataset_id: str, index: int, columns: list[st
 
 
 def _job_key(state: EnclaveState, dataset_id: str, job: str) -> bytes:
-    return jobs.job_key(state.dataset(dataset_id).mac_key, job)
+    return sealing.job_key(state.dataset(dataset_id).mac_key, job)
 
 
 def _release(release: str) -> str:
@@ -59,10 +60,11 @@ def fit_stats(state: EnclaveState, dataset_id: str, index: int, algorithm: str, 
     """One partition's statistics for the current model state."""
     algo, sealed = _algorithm(algorithm), _release(release) == "sealed"
     key = _job_key(state, dataset_id, job) if sealed else b""
-    current = arrays.unpack(jobs.open_(key, model_state, jobs.state_aad(job, iteration)) if sealed else model_state)
+    opened_state = sealing.open_(key, model_state, sealing.state_aad(job, iteration)) if sealed else model_state
+    current = arrays.unpack(opened_state)
     X, y = _features(state, dataset_id, index, columns, label if algo.uses_label else "")
     stats = arrays.pack(algo.stats(X, y, current, _check_params(params), index))
-    return {"stats": jobs.seal(key, stats, jobs.stats_aad(job, iteration, index)) if sealed else stats}
+    return {"stats": sealing.seal(key, stats, sealing.stats_aad(job, iteration, index)) if sealed else stats}
 
 
 def _algorithm(name: str):
@@ -75,7 +77,7 @@ def fit_init(state: EnclaveState, dataset_id: str, algorithm: str, params: dict,
              num_features: int) -> dict[str, Any]:
     """A sealed initial state (sealed release)."""
     initial = _algorithm(algorithm).init_state(_check_params(params), num_features)
-    return {"state": jobs.seal(_job_key(state, dataset_id, job), arrays.pack(initial), jobs.state_aad(job, 0))}
+    return {"state": sealing.seal(_job_key(state, dataset_id, job), arrays.pack(initial), sealing.state_aad(job, 0))}
 
 
 @ecall("fit_combine", args={"dataset_id": str, "algorithm": str, "params": dict, "job": str, "iteration": int,
@@ -88,11 +90,11 @@ def fit_combine(state: EnclaveState, dataset_id: str, algorithm: str, params: di
     if sorted(indices) != expected or len(stats) != len(indices):
         raise ProtocolError("statistics must cover every partition of the dataset exactly once")
     key = _job_key(state, dataset_id, job)
-    current = arrays.unpack(jobs.open_(key, model_state, jobs.state_aad(job, iteration)))
-    parts = [arrays.unpack(jobs.open_(key, blob, jobs.stats_aad(job, iteration, index)))
+    current = arrays.unpack(sealing.open_(key, model_state, sealing.state_aad(job, iteration)))
+    parts = [arrays.unpack(sealing.open_(key, blob, sealing.stats_aad(job, iteration, index)))
              for index, blob in sorted(zip(indices, stats, strict=True))]
     updated, done = _algorithm(algorithm).update(current, arrays.combine(parts), _check_params(params))
-    return {"state": jobs.seal(key, arrays.pack(updated), jobs.state_aad(job, iteration + 1)), "done": bool(done)}
+    return {"state": sealing.seal(key, arrays.pack(updated), sealing.state_aad(job, iteration + 1)), "done": bool(done)}
 
 
 @ecall("fit_finalize", args={"dataset_id": str, "algorithm": str, "params": dict, "job": str, "iteration": int,
@@ -102,10 +104,11 @@ def fit_finalize(state: EnclaveState, dataset_id: str, algorithm: str, params: d
                  model_state: bytes, model_id: str) -> dict[str, Any]:
     """The trained model, sealed under the model key (sealed release)."""
     opened = state.dataset(dataset_id)
-    key = jobs.job_key(opened.mac_key, job)
-    current = arrays.unpack(jobs.open_(key, model_state, jobs.state_aad(job, iteration)))
+    key = sealing.job_key(opened.mac_key, job)
+    current = arrays.unpack(sealing.open_(key, model_state, sealing.state_aad(job, iteration)))
     model = arrays.pack(_algorithm(algorithm).model(current, _check_params(params)))
-    return {"model": jobs.seal(jobs.model_key(opened.mac_key, model_id), model, jobs.model_aad(model_id, algorithm))}
+    model_key = sealing.model_key(opened.mac_key, model_id)
+    return {"model": sealing.seal(model_key, model, sealing.model_aad(model_id, algorithm))}
 
 
 @ecall("seal_model", args={"dataset_id": str, "algorithm": str, "model_id": str, "model": bytes},
@@ -113,8 +116,8 @@ def fit_finalize(state: EnclaveState, dataset_id: str, algorithm: str, params: d
 def seal_model(state: EnclaveState, dataset_id: str, algorithm: str, model_id: str, model: bytes) -> dict[str, Any]:
     """Seal a model the driver computed (statistics release) for storage."""
     arrays.unpack(model)  # must be a well-formed bundle
-    key = jobs.model_key(state.dataset(dataset_id).mac_key, model_id)
-    return {"model": jobs.seal(key, model, jobs.model_aad(model_id, _algorithm(algorithm).name))}
+    key = sealing.model_key(state.dataset(dataset_id).mac_key, model_id)
+    return {"model": sealing.seal(key, model, sealing.model_aad(model_id, _algorithm(algorithm).name))}
 
 
 @ecall("predict", args={"dataset_id": str, "index": int, "algorithm": str, "columns": list, "label": str,
@@ -127,12 +130,13 @@ def predict(state: EnclaveState, dataset_id: str, index: int, algorithm: str, co
     """Predictions for one partition, sealed under the job key of the dataset (for its owner)."""
     algo = _algorithm(algorithm)
     mac_key = state.broker.unwrap(model_mac_key, mac_context(model_dataset_id))
-    weights = arrays.unpack(jobs.open_(jobs.model_key(mac_key, model_id), model, jobs.model_aad(model_id, algo.name)))
+    key = sealing.model_key(mac_key, model_id)
+    weights = arrays.unpack(sealing.open_(key, model, sealing.model_aad(model_id, algo.name)))
     X, y = _features(state, dataset_id, index, columns, label)
     out = {"prediction": algo.predict(weights, X, _check_params(params))}
     if y is not None:
         out["label"] = y
-    sealed = jobs.seal(_job_key(state, dataset_id, job), arrays.pack(out), jobs.predictions_aad(job, index))
+    sealed = sealing.seal(_job_key(state, dataset_id, job), arrays.pack(out), sealing.predictions_aad(job, index))
     return {"predictions": sealed}
 
 

@@ -1,16 +1,23 @@
-"""Keys of a job and of a model, derived inside enclaves from a dataset's MAC key.
+"""Sealed job results and model files: their keys, derived from a dataset's MAC key, their associated data, and
+the one shape their contents have (named float64 arrays packed with msgpack).
 
 Only attested enclaves (through the key broker) and the owner (through her keystore) can unwrap a dataset's
 MAC key, so only they can derive these keys: the untrusted side sees sealed bytes only. Associated data binds
 every sealed blob to its job, iteration and partition, so blobs cannot be replayed, reordered or swapped.
+Array sizes depend only on the arrays' shapes, never on their values, so message sizes reveal nothing about the
+data. Shared by the enclave's kernels and the owner's side (opening a model or predictions) without loading any
+kernel.
 """
 
 from __future__ import annotations
 
+import msgpack
+import numpy as np
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from twofold.crypto import aead
+from twofold.errors import ProtocolError
 
 
 def derive(mac_key: bytes, purpose: str, ident: str) -> bytes:
@@ -48,3 +55,23 @@ def seal(key: bytes, data: bytes, aad: bytes) -> bytes:
 
 def open_(key: bytes, data: bytes, aad: bytes) -> bytes:
     return aead.open_sealed(key, data, aad)
+
+
+Arrays = dict[str, np.ndarray]
+
+
+def pack(arrays: Arrays) -> bytes:
+    return msgpack.packb({name: [list(np.shape(a)), np.ascontiguousarray(a, dtype="<f8").tobytes()]
+                          for name, a in sorted(arrays.items())}, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Arrays:
+    try:
+        raw = msgpack.unpackb(data, raw=False)
+        out = {}
+        for name, (shape, buffer) in raw.items():
+            array = np.frombuffer(buffer, dtype="<f8")
+            out[str(name)] = array.reshape([int(s) for s in shape]).copy()
+        return out
+    except (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError):
+        raise ProtocolError("malformed array bundle") from None
