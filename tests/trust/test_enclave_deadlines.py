@@ -215,7 +215,7 @@ def test_killed_enclave_fails_the_call_and_host_enclave_restarts_it(kbs, big, st
         killed_at = time.monotonic()
         call.join(5)
         assert isinstance(call.error, EnclaveGoneError), call.error
-        assert call.ended - killed_at < 2
+        assert call.ended - killed_at < 5  # at once, not after the silence timeout
         assert host.call("info")["backend"] == "simulation"  # restarted (and attested) on demand
         assert int(config.pid_path.read_text()) != first
         reply = host.partition_call(str(big.path), big.dataset_id, 0, "fit_stats", **{
@@ -264,7 +264,7 @@ def test_connections_beyond_the_cap_are_refused_at_once(start):
         began = time.monotonic()
         with EnclaveClient(process.address) as extra, pytest.raises(ServiceError, match="maximum of 4 connections"):
             extra.call("info")
-        assert time.monotonic() - began < 2
+        assert time.monotonic() - began < 5
         held.pop().close()
         assert _eventually_served(process.address, attempts=25, pause=0.2)
         assert all(client.call("info")["backend"] == "simulation" for client in held)
@@ -296,10 +296,11 @@ MALFORMED = [
 ]
 
 
-def _flood(address: str, until: float, max_rounds: int) -> int:
-    """Send malformed frames on fresh connections until ``until`` or ``max_rounds``; returns the rounds done."""
-    rounds = 0
-    while rounds < max_rounds and time.monotonic() < until:
+def _flood(address: str, stop: threading.Event, min_rounds: int, max_rounds: int, limit_s: float = 30.0) -> int:
+    """Send malformed frames on fresh connections until ``stop`` is set (but at least ``min_rounds``), at most
+    ``max_rounds`` or ``limit_s`` seconds; returns the rounds done."""
+    rounds, until = 0, time.monotonic() + limit_s
+    while rounds < max_rounds and time.monotonic() < until and (rounds < min_rounds or not stop.is_set()):
         with socket.socket(socket.AF_UNIX) as raw:
             raw.settimeout(2)
             raw.connect(address)
@@ -318,15 +319,17 @@ def test_a_flood_of_malformed_frames_does_not_starve_a_good_client(start, big):
             raw.connect(process.address)
             raw.sendall(struct.pack(">I", 100) + b"partial")
         with _prepared(process, big, silence=5.0) as client, ThreadPoolExecutor(max_workers=3) as pool:
-            floods = [pool.submit(_flood, process.address, time.monotonic() + 4, 400) for _ in range(3)]
+            stop = threading.Event()
+            floods = [pool.submit(_flood, process.address, stop, 10, 400) for _ in range(3)]
             worst = 0.0
             for i in range(40):
                 began = time.monotonic()
                 assert _load(client.call, big, i % 2) == ROWS[i % 2]
                 worst = max(worst, time.monotonic() - began)
-            rounds = sum(f.result(timeout=10) for f in floods)
+            stop.set()
+            rounds = sum(f.result(timeout=40) for f in floods)
         assert rounds >= 30, "the flood hardly ran"
-        assert worst < 2.0, f"a good call took {worst:.1f} s during the flood"
+        assert worst < 5.0, f"a good call took {worst:.1f} s during the flood"  # starved, not merely slow
         assert process.alive() and _eventually_served(process.address, attempts=1, pause=0)
     finally:
         for raw in stalled:
