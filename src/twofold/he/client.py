@@ -14,7 +14,7 @@ from twofold.he import codec
 from twofold.he.keys import SystemInfo
 from twofold.he.models import base
 from twofold.he.randomness import PairPool
-from twofold.he.transport import PEER_TIMEOUT_S, Channel, LinkStats, Progress, client_context, connect
+from twofold.he.transport import PEER_TIMEOUT_S, Channel, LinkStats, OnProgress, client_context, connect
 
 
 def read_csv(path: Path, columns: list[str], label: str | None) -> tuple[list[list[float]], list[str] | None]:
@@ -88,7 +88,7 @@ class Party:
         channel.max_frame = int(hello.get("max_frame", channel.max_frame))
         return channel
 
-    def request(self, kind: str, body: dict[str, Any], *, on_progress: Progress | None = None) -> dict[str, Any]:
+    def request(self, kind: str, body: dict[str, Any], *, on_progress: OnProgress | None = None) -> dict[str, Any]:
         """One request on a fresh link. A long one (``train``) stays alive on MU's heartbeats, which carry its
         progress to ``on_progress``; a silent MU fails it after ``peer_timeout``."""
         with self.connect() as channel:

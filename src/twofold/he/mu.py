@@ -81,7 +81,7 @@ def _check_new_chunk(doc: dict[str, Any], body: dict[str, Any]) -> None:
         raise InputError(f"chunk {body['chunk']!r} was already uploaded")
 
 
-class Progress:
+class RunProgress:
     """The progress callback of one run: publishes each step to ``status`` and the requester's heartbeats, and
     stops the run (at a step whose progress is saved) once it is cancelled or its requester has gone away."""
 
@@ -254,7 +254,7 @@ class MasterUnit:
                                    "cancel` stops it")
             self._run = run
         try:
-            trained = plugin.train(self, self._schema(plugin), body, Progress(run, call))
+            trained = plugin.train(self, self._schema(plugin), body, RunProgress(run, call))
         except RunCancelled as exc:
             run.state, run.error = "cancelled", str(exc)
             raise

@@ -75,7 +75,7 @@ class Call:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
-Progress = Callable[[dict[str, Any]], None]
+OnProgress = Callable[[dict[str, Any]], None]  # called with each heartbeat's progress map
 
 
 class Channel:
@@ -178,7 +178,7 @@ class Channel:
         return kind, body
 
     def request(self, kind: str, body: dict[str, Any], expect: str | tuple[str, ...] = ("ok", "cts"), *,
-                on_progress: Progress | None = None) -> dict[str, Any]:
+                on_progress: OnProgress | None = None) -> dict[str, Any]:
         """Send a request and return the reply body; an error frame raises the matching local error.
 
         Heartbeats ("busy" frames) keep a long request alive and are passed to ``on_progress``; silence for
@@ -323,7 +323,7 @@ class LinkPool:
             channel.close()
 
     def request(self, kind: str, body: dict[str, Any], expect: str | tuple[str, ...] = ("ok", "cts"), *,
-                on_progress: Progress | None = None) -> dict[str, Any]:
+                on_progress: OnProgress | None = None) -> dict[str, Any]:
         channel = self._take()
         try:
             return channel.request(kind, body, expect, on_progress=on_progress)

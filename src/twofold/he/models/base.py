@@ -25,7 +25,14 @@ Reply = tuple[str, dict[str, Any]]
 
 
 class Progress(Protocol):
-    """A run's progress callback: ``progress(step, done, total)``; it raises to stop the run (cancelled)."""
+    """A run's progress callback: ``progress(step, done, total)``; it raises to stop the run (cancelled). It keeps
+    the last report (``step``, ``done``, ``total``), and ``offset`` is added to ``done`` (steps a resumed run had
+    already completed)."""
+
+    step: str
+    done: int
+    total: int
+    offset: int
 
     def __call__(self, step: str, done: int, total: int) -> None: ...
 

@@ -114,7 +114,7 @@ class DecisionTree(HEModel):
             try:
                 model = dt.train(mu.blocks(), schema, owners, depth, progress=progress, checkpoint=checkpoint)
             except ServiceError as exc:
-                done = getattr(progress, "done", 0) if getattr(progress, "step", "") == "level" else 0
+                done = progress.done if progress.step == "level" else 0
                 raise interrupted(exc, "training", f"progress is saved ({done} of {depth} levels)") from None
             result |= {"mode": "full", "new_records": model["records"]}
         return {"model": model, "result": {**result, "records": model["records"], "resumed": model["resumed"],

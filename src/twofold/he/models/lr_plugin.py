@@ -88,7 +88,7 @@ class LogisticRegression(PerRecordModel):
             checkpoint.clear()
             done_before, weights = 0, (prev["w"] if prev else None)
         before, start = mu.su_bytes(), time.perf_counter()
-        progress.offset = done_before  # type: ignore[attr-defined]
+        progress.offset = done_before
 
         def on_step(done: int, w: list[bytes]) -> None:
             checkpoint.save({"fingerprint": fingerprint, "done": done_before + done, "w": w})

@@ -91,8 +91,8 @@ class NaiveBayes(PerRecordModel):
             model = nb.train(mu.blocks(), schema, owners, mu.checkpoint("nb"), chunk=body["chunk"] or 256,
                              progress=progress)
         except ServiceError as exc:
-            done, total = getattr(progress, "done", 0), getattr(progress, "total", 0) or "?"
-            raise interrupted(exc, "training", f"progress is saved ({done} of {total} table entries)") from None
+            raise interrupted(exc, "training", f"progress is saved ({progress.done} of {progress.total or '?'} "
+                                               "table entries)") from None
         model["records"] = records
         return {"model": model, "result": {"model": "nb", "records": records, "owners": len(owners),
                                             "resumed": model["resumed"], "seconds": time.perf_counter() - start,
