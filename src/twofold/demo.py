@@ -121,8 +121,8 @@ def _with_services(root: Path, state: dict[str, Any], narrator: Narrator, he_key
         extra.append(training_measurement())
         datasets += [state["tensors"]["train_id"], state["tensors"]["test_id"]]
     began = time.perf_counter()
-    with job_services(datasets, keystore_dir=state["store"].directory, passphrase=DEMO_PASSPHRASE,
-                      extra_measurements=extra) as services:
+    with job_services(datasets, mode="partitioned", keystore_dir=state["store"].directory,
+                      passphrase=DEMO_PASSPHRASE, extra_measurements=extra) as services:
         state["services"] = services
         narrator.step("Key broker and enclave started", lambda: (
             f"in {time.perf_counter() - began:.1f} s: key broker {services.kbs_url} (owner side; policy: this "
@@ -140,12 +140,12 @@ def _with_services(root: Path, state: dict[str, Any], narrator: Narrator, he_key
 def _spark(state: dict[str, Any]) -> str:
     from pyspark.ml.classification import LogisticRegression as MllibLogisticRegression
 
-    from twofold.enclave.kernels.base import algorithm
+    from twofold.enclave.kernels.base import find_algorithm
     from twofold.spark import jobs
     from twofold.spark.session import get_spark
 
     services, dataset, table = state["services"], state["dataset"], state["table"]
-    spark = get_spark(quiet=state["quiet"])
+    spark = get_spark(quiet=state["quiet"], whole_mode=True)  # the vanilla MLlib baseline puts plaintext in Spark
     columns = [c for c in table.column_names if c != "label"]
     vanilla_frame = jobs.assemble(spark.createDataFrame(table.to_pandas()), columns).cache()
     vanilla = MllibLogisticRegression(labelCol="label", **LOGREG).fit(vanilla_frame)
@@ -153,7 +153,7 @@ def _spark(state: dict[str, Any]) -> str:
     weights = result.model.open_arrays(state["store"])  # the owner opens the sealed model
     X = np.column_stack([table.column(c).to_numpy() for c in columns]).astype(float)
     y = table.column("label").to_numpy()
-    ours = float(np.mean(algorithm("logreg").predict(weights, X, {}) == y))
+    ours = float(np.mean(find_algorithm("logreg").predict(weights, X, {}) == y))
     mllib = float(vanilla.summary.accuracy)
     audit = len((services.workdir / "kbs-audit.jsonl").read_text().splitlines())
     return (f"release=sealed: the Spark side saw only ciphertext and sealed statistics ({result.passes} passes)\n"
@@ -195,7 +195,7 @@ def _torch(state: dict[str, Any]) -> str:
     from twofold.torch.keys import DeviceKeyProvider
 
     x_train, y_train, x_test, y_test = state["tensors"]["plain"]
-    keys = DeviceKeyProvider(state["services"].kbs_url)  # the training process attests for the data key
+    keys = DeviceKeyProvider(state["services"].broker)  # the training process attests for the data key
 
     def train(dataset: Any, test: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
         torch.manual_seed(0)

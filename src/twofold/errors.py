@@ -43,6 +43,14 @@ class AttestationError(KeyAccessError):
     exit_code = 5
 
 
+class PolicyError(KeyAccessError):
+    """The owner's release policy does not allow what was asked (a release mode, algorithm, column, parameter
+    value, or a result over too small a group)."""
+
+    code = "policy"
+    exit_code = 10
+
+
 class InputError(TwofoldError):
     """User input (a file, a table, an argument's content) is malformed or unsupported."""
 
@@ -87,8 +95,8 @@ def code_of(exc: BaseException) -> str:
 
 def from_code(code: object, message: object = "", prefix: str = "") -> TwofoldError:
     """The error a peer reported with ``code``, as the local class of that code (ServiceError if unknown)."""
-    by_code = {cls.code: cls for cls in (TwofoldError, IntegrityError, KeyAccessError, AttestationError, InputError,
-                                         ConfigError, ProtocolError, ServiceError)}
+    by_code = {cls.code: cls for cls in (TwofoldError, IntegrityError, KeyAccessError, AttestationError, PolicyError,
+                                         InputError, ConfigError, ProtocolError, ServiceError)}
     cls = by_code.get(str(code), ServiceError)
     if cls is IntegrityError:
         return IntegrityError()

@@ -25,7 +25,10 @@ class ServiceProcess:
     """A running twofold service started with ``python -m twofold ARGS``."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None,
-                 timeout: float = 60.0, log_path: Path | None = None) -> None:
+                 timeout: float = 60.0, log_path: Path | None = None,
+                 launch: tuple[list[str], dict[str, str]] | None = None) -> None:
+        """``launch`` replaces ``python -m twofold ARGS`` in the caller's environment by a whole command line and
+        environment (what :func:`enclave_command` builds)."""
         self.name = name
         self.args = args
         self._own_log = log_path is None
@@ -35,10 +38,9 @@ class ServiceProcess:
             log_path = Path(name)
         self.log_path = log_path
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "twofold", *args], stdout=subprocess.PIPE, stderr=log,
-                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, text=True,
-            )
+            command, environment = launch or ([sys.executable, "-m", "twofold", *args], {**os.environ, **(env or {})})
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                                            env=environment, text=True)
         self.address = self._wait_ready(timeout)
 
     def log_text(self) -> str:
@@ -109,6 +111,23 @@ class ServiceProcess:
 
 # One BLAS thread per ecall: concurrent tasks already keep every core busy, and nested threads oversubscribe.
 ENCLAVE_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# What an enclave inherits from its starter: where the simulated platform key lives; nothing else (no PYTHONPATH,
+# proxies, SSL_CERT_FILE, passphrase).
+_ENCLAVE_INHERITS = ("TWOFOLD_HOME", "HOME")
+# Bytecode is neither written nor read: a cache directory that cannot exist (a path below /dev/null).
+_NO_PYCACHE = "pycache_prefix=/dev/null/twofold-no-pycache"
+
+
+def enclave_command(socket_path: Path | str, kbs_url: str, broker_identity: Path | str, *, cache_mib: int = 1024,
+                    extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that start an enclave: its minimal entry point, isolated (``-I``), with
+    no bytecode cache, in a clean environment. ``env`` adds variables (fault tests, platform-key location)."""
+    inherited = {name: os.environ[name] for name in _ENCLAVE_INHERITS if name in os.environ}
+    environment = {"PATH": os.defpath, "LANG": "C.UTF-8", **inherited, **ENCLAVE_ENV, **(env or {})}
+    command = [sys.executable, "-I", "-B", "-X", _NO_PYCACHE, "-m", "twofold.enclave", "serve",
+               "--socket", str(socket_path), "--kbs", kbs_url, "--broker-identity", str(broker_identity),
+               "--cache-mib", str(cache_mib), *extra]
+    return command, environment
 
 
 def start_kbs(keystore_dir: Path, policy_path: Path, audit_path: Path, port: int = 0,
@@ -121,12 +140,12 @@ def start_kbs(keystore_dir: Path, policy_path: Path, audit_path: Path, port: int
                                          "--port", str(port), *extra], env=env, log_path=log_path)
 
 
-def start_enclave(socket_path: Path, kbs_url: str, env: dict[str, str] | None = None, cache_mib: int = 1024,
-                  log_path: Path | None = None, extra: tuple[str, ...] = ()) -> ServiceProcess:
-    """An enclave on a Unix socket; ``extra`` holds further `enclave serve` options (heartbeat, limits)."""
-    return ServiceProcess("enclave", ["enclave", "serve", "--socket", str(socket_path), "--kbs", kbs_url,
-                                      "--cache-mib", str(cache_mib), *extra], env={**ENCLAVE_ENV, **(env or {})},
-                          log_path=log_path)
+def start_enclave(socket_path: Path, kbs_url: str, broker_identity: Path, env: dict[str, str] | None = None,
+                  cache_mib: int = 1024, log_path: Path | None = None, extra: tuple[str, ...] = ()) -> ServiceProcess:
+    """An enclave on a Unix socket, started by :func:`enclave_command`; ``extra`` holds further options
+    (heartbeat, limits) and ``env`` further environment variables."""
+    launch = enclave_command(socket_path, kbs_url, broker_identity, cache_mib=cache_mib, extra=extra, env=env)
+    return ServiceProcess("enclave", launch[0][launch[0].index("serve"):], log_path=log_path, launch=launch)
 
 
 def start_he(system: Path, role: str, port: int = 0, extra: tuple[str, ...] = (), log_path: Path | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from twofold.errors import AttestationError, ConfigError
+from twofold.errors import AttestationError, ConfigError, PolicyError
 from twofold.kbs.policy import Budget, load_policy, parse_policy
 from twofold.kbs.verifiers import verifier_for
 
@@ -41,9 +41,12 @@ def test_version_2_round_trips_through_a_file(tmp_path):
     ({"backends": ["magic"]}, "backends"),
     ({"backends": []}, "backends"),
     ({"datasets": {"ds-1": {"release": ["everything"]}}}, "release modes"),
-    ({"datasets": {"ds-1": {"release": ["sealed"], "extra": 1}}}, "only 'release' and 'budget'"),
+    ({"datasets": {"ds-1": {"release": ["sealed"], "extra": 1}}}, "may hold only algorithms, budget"),
     ({"datasets": {"ds-1": {"budget": {"epsilon": 0}}}}, "epsilon > 0"),
-    ({"version": 3}, "version"),
+    ({"version": 4}, "version"),
+    ({"datasets": {"ds-1": {"params": {"k": [5, 2]}}}}, "low <= high"),
+    ({"datasets": {"ds-1": {"min_group_size": 0}}}, "positive integer"),
+    ({"datasets": {"ds-1": {"columns": "age"}}}, "list of names"),
 ])
 def test_malformed_policies_are_refused(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -57,3 +60,20 @@ def test_a_backend_the_policy_does_not_list_is_refused():
     with pytest.raises(AttestationError, match="no verifier"):
         verifier_for("sev-snp", policy)  # listed, but not implemented: refused, never waved through
     assert not parse_policy(_v2(allow_simulation=False)).accepts_backend("simulation")
+
+
+def test_dataset_rules_round_trip_and_check_jobs():
+    rule = {"release": ["sealed"], "algorithms": ["logreg"], "columns": ["age", "label"],
+            "params": {"maxIter": [1, 50]}, "min_group_size": 25}
+    policy = parse_policy({**_v2(), "version": 3, "datasets": {"ds-1": rule}})
+    parsed = policy.dataset_rule("ds-1")
+    assert parse_policy(policy.to_dict()).dataset_rule("ds-1") == parsed and parsed.min_group_size == 25
+    parsed.check("sealed", "logreg", ["age", "label"], {"maxIter": 50})
+    parsed.check(None, "logreg", ["age", ""], {})  # predictions: sealed for the owner, no release mode involved
+    for release, algorithm, columns, params in (("statistics", "logreg", ["age"], {}),
+                                                ("sealed", "kmeans", ["age"], {}),
+                                                ("sealed", "logreg", ["bmi"], {}),
+                                                ("sealed", "logreg", ["age"], {"maxIter": 51})):
+        with pytest.raises(PolicyError):
+            parsed.check(release, algorithm, columns, params)
+    assert policy.dataset_rule("ds-other").min_group_size == 10  # no rule: every use, the default group size

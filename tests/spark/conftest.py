@@ -51,8 +51,8 @@ def spark_env(tmp_path_factory):
     from twofold.spark.embedded import job_services
     from twofold.spark.session import get_spark
 
-    with job_services([str(d.path) for d in datasets.values()], keystore_dir=root / "keystore",
-                      passphrase=PASSPHRASE, cache_mib=512) as services:
+    with job_services([str(d.path) for d in datasets.values()], mode="both",
+                      keystore_dir=root / "keystore", passphrase=PASSPHRASE, cache_mib=512) as services:
         spark = get_spark("local[2,3]", "twofold-tests")  # 2 threads, a failed task is retried
         yield {"spark": spark, "services": services, "store": store, "datasets": datasets,
                "tables": _tables(), "root": root, "trace": root / "trace.jsonl"}

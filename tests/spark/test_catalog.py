@@ -13,7 +13,7 @@ from twofold.spark import catalog
 
 SPECS = list(catalog.ALGORITHMS.values())
 SHARED = {"inputCols": None, "predictionCol": "prediction", "release": "statistics", "enclaveSocket": None,
-          "kbsUrl": None}
+          "kbsUrl": None, "brokerIdentity": None}
 
 
 def test_catalog_and_kernel_registry_agree():

@@ -106,11 +106,9 @@ def test_statistics_release_exposes_weights_sealed_does_not(spark_env):
 
     services = spark_env["services"]
     files = encrypted_files(spark_env["spark"], spark_env["datasets"]["classification"].path)
-    stats = LogisticRegression(release="statistics", enclaveSocket=services.enclave.socket,
-                               kbsUrl=services.kbs_url, maxIter=5).fit(files)
+    stats = LogisticRegression(release="statistics", maxIter=5).setEnclave(services.enclave).fit(files)
     assert stats.coefficients.shape == (5,)
-    sealed = LogisticRegression(release="sealed", enclaveSocket=services.enclave.socket,
-                                kbsUrl=services.kbs_url, maxIter=5).fit(files)
+    sealed = LogisticRegression(release="sealed", maxIter=5).setEnclave(services.enclave).fit(files)
     with pytest.raises(ConfigError, match="sealed"):
         _ = sealed.coefficients
     assert sealed.model_file.params["maxIter"] == 5 and sealed.model_file.params["regParam"] == 0.0
@@ -127,13 +125,13 @@ def test_whole_mode_runs_any_pyspark_ml_estimator(spark_env):
     from twofold.spark import read_encrypted
 
     services = spark_env["services"]
-    frame = read_encrypted(spark_env["spark"], spark_env["datasets"]["classification"].path, services.kbs_url)
+    frame = read_encrypted(spark_env["spark"], spark_env["datasets"]["classification"].path, services.broker)
     assert frame.count() == 3000
     features = jobs.assemble(frame, [f"f{i}" for i in range(5)]).cache()
     gbt = GBTClassifier(maxIter=5, maxDepth=3).fit(features)
     accuracy = gbt.transform(features).select(F.avg((F.col("prediction") == F.col("label")).cast("double"))).first()[0]
     assert accuracy > 0.8
-    counts = jobs.assemble(read_encrypted(spark_env["spark"], spark_env["datasets"]["counts"].path, services.kbs_url),
+    counts = jobs.assemble(read_encrypted(spark_env["spark"], spark_env["datasets"]["counts"].path, services.broker),
                            [f"f{i}" for i in range(5)])
     lda = LDA(k=2, maxIter=5, seed=1).fit(counts)
     assert lda.vocabSize() == 5
@@ -149,7 +147,7 @@ def test_read_encrypted_assembles_features_like_vector_assembler(spark_env):
     from twofold.errors import ConfigError
     from twofold.spark import read_encrypted
 
-    spark, url = spark_env["spark"], spark_env["services"].kbs_url
+    spark, url = spark_env["spark"], spark_env["services"].broker
     path = spark_env["datasets"]["classification"].path
     names = [f"f{i}" for i in (3, 0, 4)]  # any subset, any order
     assert read_encrypted(spark, path, url, features=names).columns == ["features", "f1", "f2", "label"]
@@ -192,13 +190,15 @@ def test_cli_train_predict_decrypt(spark_env, tmp_path):
 
     dataset = spark_env["datasets"]["classification"]
     keystore = str(spark_env["store"].directory)
+    identity = tmp_path / "broker-identity.json"  # what the owner gives with her broker's URL
+    identity.write_text(spark_env["services"].enclave.broker_identity)
+    broker = ("--kbs", spark_env["services"].kbs_url, "--broker-identity", str(identity))
     result = run_cli("train", str(dataset.path), "--out", str(tmp_path / "m.model"), "--algorithm", "logreg",
-                     "--release", "sealed", "--kbs", spark_env["services"].kbs_url, "--master", "local[1]",
-                     "--max-iter", "10")
+                     "--release", "sealed", *broker, "--master", "local[1]", "--max-iter", "10")
     assert result.returncode == 0, result.stderr
     assert "sealed model written" in result.stderr and "SIMULATION" in result.stderr
     result = run_cli("predict", str(tmp_path / "m.model"), str(dataset.path), "--out", str(tmp_path / "preds"),
-                     "--keystore", keystore, "--kbs", spark_env["services"].kbs_url, "--master", "local[1]")
+                     "--keystore", keystore, *broker, "--master", "local[1]")
     assert result.returncode == 0, result.stderr
     assert run_cli("decrypt", str(tmp_path / "preds"), "--out", str(tmp_path / "p.csv"), "--keystore",
                    keystore).returncode == 0

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.spark
 def test_pipeline_fits_and_transforms_encrypted_files(spark_env, owner, tmp_path):
     spark, services = spark_env["spark"], spark_env["services"]
     dataset = spark_env["datasets"]["classification"]
-    enclave = {"enclaveSocket": services.enclave.socket, "kbsUrl": services.kbs_url}
+    config = services.enclave
+    enclave = {"enclaveSocket": config.socket, "kbsUrl": config.kbs_url, "brokerIdentity": config.broker_identity}
     pipeline = Pipeline(stages=[LogisticRegression(release="sealed", maxIter=10, **enclave),
                                 KMeans(k=4, predictionCol="cluster", **enclave)])
     files = encrypted_files(spark, dataset.path)

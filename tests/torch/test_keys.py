@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from twofold.enclave.broker_client import BrokerAddress  # noqa: E402
 from twofold.enclave.measure import current_measurement  # noqa: E402
 from twofold.errors import AttestationError  # noqa: E402
 from twofold.kbs.authoring import write_policy  # noqa: E402
@@ -43,9 +44,9 @@ def broker(home, keystore, dataset, tmp_path):
         assert not process.alive()
 
 
-def test_key_released_to_attested_training_process(broker, dataset, arrays):
+def test_key_released_to_attested_training_process(broker, dataset, keystore, arrays):
     kbs = broker(training_measurement(), [dataset.dataset_id])
-    keys = DeviceKeyProvider(kbs.address)
+    keys = DeviceKeyProvider(BrokerAddress(kbs.address, keystore.broker_identity().to_json()))
     keys.attest()
     ds = EncryptedTensorDataset(dataset.path, keys, "cpu")
     assert np.array_equal(ds.tensors[0].numpy(), arrays["x"])
@@ -54,12 +55,13 @@ def test_key_released_to_attested_training_process(broker, dataset, arrays):
 
 
 def test_key_denied_to_other_measurements_and_datasets(broker, dataset, keystore, arrays, tmp_path):
+    identity = keystore.broker_identity().to_json()
     kbs = broker(current_measurement(), [dataset.dataset_id])  # the enclave's TCB, not the training code
     with pytest.raises(AttestationError):
-        EncryptedTensorDataset(dataset.path, DeviceKeyProvider(kbs.address), "cpu")
+        EncryptedTensorDataset(dataset.path, DeviceKeyProvider(BrokerAddress(kbs.address, identity)), "cpu")
     kbs2 = broker(training_measurement(), ["ds-0123456789abcdef"])  # attests, but this dataset is not allowed
     with pytest.raises(AttestationError):
-        EncryptedTensorDataset(dataset.path, DeviceKeyProvider(kbs2.address), "cpu")
+        EncryptedTensorDataset(dataset.path, DeviceKeyProvider(BrokerAddress(kbs2.address, identity)), "cpu")
 
 
 def test_cli_encrypt_tensors_npy_npz_parquet(keystore, tmp_path):

@@ -39,15 +39,18 @@ def datasets(keystore, tmp_path):
 class Broker:
     """A key broker started from the CLI, its policy and audit log."""
 
-    def __init__(self, keystore, workdir: Path, datasets, **policy_overrides) -> None:
+    def __init__(self, keystore, workdir: Path, allowed, **policy_overrides) -> None:
         self.keystore, self.workdir = keystore, workdir
         self.policy_path = workdir / "policy.json"
         self.audit_path = workdir / "audit.jsonl"
-        write_policy(self.policy_path, [d.dataset_id for d in datasets])
+        write_policy(self.policy_path, [d.dataset_id for d in allowed])
         if policy_overrides:
             doc = json.loads(self.policy_path.read_text())
             doc.update(policy_overrides)
             self.policy_path.write_text(json.dumps(doc))
+        self.identity = keystore.broker_identity()
+        self.identity_path = workdir / "broker-identity.json"
+        self.identity_path.write_text(self.identity.to_json())
         self.process = None
         self.start()
 
@@ -73,8 +76,8 @@ class Broker:
         """A client session that attests like the enclave does (optionally with crafted evidence)."""
         measurement = measurement or current_measurement()
         attester = SimulationAttester(load_or_create_platform_key())
-        evidence_for = evidence_for or (lambda nonce, pub: attester.evidence(measurement, nonce, pub))
-        return BrokerSession(self.url, measurement, evidence_for)
+        evidence_for = evidence_for or (lambda nonce, pub, config: attester.evidence(measurement, nonce, pub, config))
+        return BrokerSession(self.url, measurement, evidence_for, self.identity)
 
 
 @pytest.fixture
@@ -103,7 +106,7 @@ def make_broker(home, keystore, datasets, tmp_path):
 
 @pytest.fixture
 def enclave(broker, tmp_path):
-    process = start_enclave(tmp_path / "enclave.sock", broker.url, env={"TWOFOLD_PASSPHRASE": ""},
+    process = start_enclave(tmp_path / "enclave.sock", broker.url, broker.identity_path,
                             log_path=tmp_path / "enclave.log")
     yield process
     process.stop()

@@ -50,22 +50,24 @@ def test_bad_signature_is_denied(broker):
     platform = SimulationAttester(load_or_create_platform_key())
     other = SimulationAttester(Ed25519PrivateKey.generate())
 
-    def forged(nonce, pub):
-        evidence = platform.evidence(current_measurement(), nonce, pub)
-        return dataclasses.replace(evidence, signature=other.evidence(evidence.measurement, nonce, pub).signature)
+    def forged(nonce, pub, config):
+        evidence = platform.evidence(current_measurement(), nonce, pub, config)
+        return dataclasses.replace(evidence, signature=other.evidence(evidence.measurement, nonce, pub,
+                                                                      config).signature)
 
     _assert_denied(broker, broker.session(evidence_for=forged), "signature is invalid")
 
 
 def test_untrusted_platform_is_denied(broker):
     stranger = SimulationAttester(Ed25519PrivateKey.generate())
-    session = broker.session(evidence_for=lambda n, p: stranger.evidence(current_measurement(), n, p))
+    session = broker.session(evidence_for=lambda n, p, c: stranger.evidence(current_measurement(), n, p, c))
     _assert_denied(broker, session, "platform the policy does not trust")
 
 
 def test_report_data_must_match_the_key(broker):
     attester = SimulationAttester(load_or_create_platform_key())
-    session = broker.session(evidence_for=lambda n, p: attester.evidence(current_measurement(), n, b"\x01" * 32))
+    session = broker.session(evidence_for=lambda n, p, c: attester.evidence(current_measurement(), n, b"\x01" * 32,
+                                                                             c))
     _assert_denied(broker, session, "report_data does not match")
 
 
@@ -74,7 +76,8 @@ def test_reused_nonce_is_denied(broker):
     session = broker.session()
     challenge = session._post("auth", {"backend": "simulation"})
     body = {"session": challenge["session"],
-            "evidence": attester.evidence(current_measurement(), challenge["nonce"], session.public_key_raw).to_dict(),
+            "evidence": attester.evidence(current_measurement(), challenge["nonce"], session.public_key_raw,
+                                         broker.identity.digest()).to_dict(),
             "public_key": base64.b64encode(session.public_key_raw).decode()}
     session._post("attest", body)
     with pytest.raises(AttestationError, match="already used"):
@@ -86,9 +89,9 @@ def test_expired_nonce_is_denied(make_broker):
     broker = make_broker(nonce_ttl_seconds=0.5)
     attester = SimulationAttester(load_or_create_platform_key())
 
-    def slow(nonce, pub):
+    def slow(nonce, pub, config):
         time.sleep(1.0)
-        return attester.evidence(current_measurement(), nonce, pub)
+        return attester.evidence(current_measurement(), nonce, pub, config)
 
     _assert_denied(broker, broker.session(evidence_for=slow), "expired")
 
@@ -166,9 +169,9 @@ def test_released_key_is_bound_to_the_session_key(broker, datasets):
     session = broker.session()
     session.attest()
     wrapped, context = _mac_item(datasets["allowed"])
-    reply = session._post("unwrap", {"token": session._token, "items": [
+    reply = session._post("unwrap", {"token": session._token, "request": "r" * 32, "items": [
         {"wrapped": wrapped, "context": base64.b64encode(context).decode()}]})
-    other = BrokerSession(broker.url, current_measurement(), lambda n, p: None)
+    other = BrokerSession(broker.url, current_measurement(), lambda n, p, c: None, broker.identity)
 
     with pytest.raises(IntegrityError):
         open_sealed_to(other._private, base64.b64decode(reply["items"][0]["sealed"]),
@@ -184,6 +187,6 @@ def test_broker_rejects_malformed_requests(broker):
     session.attest()  # still serving
 
 
-def test_bad_url_is_a_config_error():
+def test_bad_url_is_a_config_error(keystore):
     with pytest.raises(ConfigError):
-        BrokerSession("file:///etc/passwd", "00" * 32, lambda n, p: None)
+        BrokerSession("file:///etc/passwd", "00" * 32, lambda n, p, c: None, keystore.broker_identity())

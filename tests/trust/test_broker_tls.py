@@ -15,7 +15,7 @@ from twofold.crypto.mac import mac_context
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.measure import current_measurement
-from twofold.errors import ServiceError
+from twofold.errors import ConfigError, ServiceError
 from twofold.kbs.authoring import write_policy
 from twofold.services import ServiceProcess
 
@@ -44,20 +44,27 @@ def test_attestation_and_release_over_tls(home, keystore, datasets, tmp_path):
     write_policy(tmp_path / "policy.json", [dataset.dataset_id])
     kbs = ServiceProcess("key broker", ["kbs", "serve", "--keystore", str(keystore.directory), "--policy",
                                         str(tmp_path / "policy.json"), "--audit-log", str(tmp_path / "a.jsonl"),
-                                        "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)])
+                                        "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key),
+                                        "--tls-ca", str(cert)])
     try:
         assert kbs.address.startswith("https://")
         attester = SimulationAttester(load_or_create_platform_key())
         measurement = current_measurement()
 
-        def evidence(nonce, pub):
-            return attester.evidence(measurement, nonce, pub)
+        def evidence(nonce, pub, config):
+            return attester.evidence(measurement, nonce, pub, config)
 
         item = (dataset.manifest.wrapped_mac_key, mac_context(dataset.dataset_id))
-        session = BrokerSession(kbs.address, measurement, evidence, ca_file=str(cert))
+        identity = keystore.broker_identity(cert.read_text())
+        session = BrokerSession(kbs.address, measurement, evidence, identity)
         assert session.unwrap(*item) == keystore.unwrap(*item)
-        untrusting = BrokerSession(kbs.address, measurement, evidence)  # system CAs do not know this broker
+        (tmp_path / "second-ca").mkdir()
+        other_cert, _ = _self_signed(tmp_path / "second-ca")
+        untrusting = BrokerSession(kbs.address, measurement, evidence,  # pins another CA: the handshake fails
+                                   keystore.broker_identity(other_cert.read_text()))
         with pytest.raises(ServiceError, match="unreachable"):
             untrusting.attest()
+        with pytest.raises(ConfigError, match="TLS CA"):  # https without a pinned CA is refused outright
+            BrokerSession(kbs.address, measurement, evidence, keystore.broker_identity())
     finally:
         kbs.stop()

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
 import pytest
 
 from twofold.crypto.pme import key_material_name
-from twofold.enclave.measure import PACKAGE_ROOT
+from twofold.enclave.measure import PACKAGE_ROOT, current_measurement
 from twofold.errors import AttestationError, IntegrityError, ProtocolError, ServiceError
 from twofold.services import start_enclave
 from twofold.spark.enclave_client import EnclaveClient
@@ -61,15 +62,46 @@ def test_tampered_partition_is_an_integrity_error(enclave, datasets):
                         key_material=(dataset.path / key_material_name(dataset.files[1].name)).read_bytes())
 
 
-def test_modified_trusted_code_is_denied(broker, tmp_path):
+def _patched_copy(tmp_path):
     copy = tmp_path / "patched"
     shutil.copytree(PACKAGE_ROOT, copy / "twofold", ignore=shutil.ignore_patterns("__pycache__"))
     target = copy / "twofold" / "enclave" / "cache.py"
     target.write_text(target.read_text() + "\n# a backdoor would go here\n")
-    env = {"PYTHONPATH": str(copy), "TWOFOLD_PASSPHRASE": "", "HOME": os.environ.get("HOME", "/tmp")}
-    with pytest.raises(ServiceError, match="not allowed by the policy"):
-        start_enclave(tmp_path / "patched.sock", broker.url, env=env, log_path=tmp_path / "patched.log")
+    return copy
+
+
+def test_modified_trusted_code_is_denied(broker, tmp_path):
+    """Code that differs from the measured TCB attests with another measurement and gets no keys."""
+    copy = _patched_copy(tmp_path)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from twofold.enclave.__main__ import main; "
+            "sys.exit(main(sys.argv[2:]))")
+    run = subprocess.run([sys.executable, "-I", "-B", "-c", code, str(copy), "serve", "--socket",
+                          str(tmp_path / "patched.sock"), "--kbs", broker.url, "--broker-identity",
+                          str(broker.identity_path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "not allowed by the policy" in run.stderr
     assert any("not allowed by the policy" in d["reason"] for d in broker.denials())
+
+
+def test_untrusted_environment_does_not_reach_the_enclave(broker, tmp_path, monkeypatch):
+    """The host's PYTHONPATH (a patched copy), proxies and CA bundle are not inherited: the enclave runs the
+    installed, measured code in a clean environment, isolated (-I) and without bytecode caches."""
+    copy = _patched_copy(tmp_path)
+    for name, value in {"PYTHONPATH": str(copy), "https_proxy": "http://127.0.0.1:9", "SSL_CERT_FILE": "/dev/null",
+                        "TWOFOLD_PASSPHRASE": "owner secret"}.items():
+        monkeypatch.setenv(name, value)
+    process = start_enclave(tmp_path / "clean.sock", broker.url, broker.identity_path, log_path=tmp_path / "c.log")
+    try:
+        with EnclaveClient(process.address) as client:
+            assert client.call("info")["measurement"] == current_measurement()
+        with open(f"/proc/{process.pid}/environ", "rb") as handle:
+            names = {entry.split(b"=", 1)[0].decode() for entry in handle.read().split(b"\0") if entry}
+        assert names <= {"PATH", "LANG", "HOME", "TWOFOLD_HOME", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                         "MKL_NUM_THREADS"}, names
+        with open(f"/proc/{process.pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+        assert b"-I" in argv and b"-B" in argv and b"twofold.enclave" in argv
+    finally:
+        process.stop()
 
 
 def test_enclave_survives_kbs_restart(enclave, broker, datasets):
@@ -144,9 +176,11 @@ def test_concurrent_clients_are_served_correctly(enclave, datasets):
         assert list(pool.map(worker, range(16))) == [[2, 2, 2, 2]] * 16
 
 
-def test_enclave_start_fails_cleanly_without_a_broker(home, tmp_path):
+def test_enclave_start_fails_cleanly_without_a_broker(home, keystore, tmp_path):
+    identity = tmp_path / "identity.json"
+    identity.write_text(keystore.broker_identity().to_json())
     with pytest.raises(ServiceError, match="unreachable"):
-        start_enclave(tmp_path / "x.sock", "http://127.0.0.1:9", log_path=tmp_path / "x.log")
+        start_enclave(tmp_path / "x.sock", "http://127.0.0.1:9", identity, log_path=tmp_path / "x.log")
 
 
 def test_enclave_never_receives_the_passphrase(enclave):

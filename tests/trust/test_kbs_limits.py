@@ -20,11 +20,13 @@ from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from twofold.crypto.broker_identity import BrokerIdentity, sign_statement
 from twofold.crypto.mac import mac_context
 from twofold.data import EncryptedDataset
-from twofold.enclave.broker_client import BrokerSession
+from twofold.enclave.broker_client import BrokerAddress, BrokerSession, grant_statement
 from twofold.errors import ConfigError, ServiceError
 from twofold.kbs.audit import AuditLog
 from twofold.kbs.policy import Policy
@@ -187,10 +189,10 @@ def test_full_table_still_admits_an_attestation_from_another_address(limited_bro
     honest = broker.session()
     inner = honest._evidence_for
 
-    def evidence_during_a_flood(nonce: str, public: bytes):
+    def evidence_during_a_flood(nonce: str, public: bytes, config: str):
         for _ in range(64):  # the flooder refills the table while this challenge is pending
             flooder.ask()
-        return inner(nonce, public)
+        return inner(nonce, public, config)
 
     honest._evidence_for = evidence_during_a_flood
     honest.attest()
@@ -317,19 +319,24 @@ async def _raw_auth(port: int) -> bytes:
 # -- (d) the enclave's client: retries, deadlines, no HTTP under its lock --------------------------------------
 
 
-def _fake_evidence(nonce: str, public: bytes) -> SimpleNamespace:
+def _fake_evidence(nonce: str, public: bytes, config: str) -> SimpleNamespace:
     return SimpleNamespace(to_dict=lambda: {"nonce": nonce})
+
+
+SIGNING = Ed25519PrivateKey.generate()
+OWNER = X25519PrivateKey.generate().public_key().public_bytes_raw()
+IDENTITY = BrokerIdentity("ks-0123456789abcdef", SIGNING.public_key().public_bytes_raw(), OWNER)
 
 
 class _Scripted(BaseHTTPRequestHandler):
     """Answers each POST with the next (status, JSON, headers) of the server's script for that path."""
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         script = self.server.script  # type: ignore[attr-defined]
         self.server.seen.append(self.path)  # type: ignore[attr-defined]
         status, body, headers = script[self.path].pop(0) if len(script[self.path]) > 1 else script[self.path][0]
-        data = json.dumps(body).encode()
+        data = json.dumps(body(request) if callable(body) else body).encode()
         self.send_response(status)
         for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}.items():
             self.send_header(name, value)
@@ -357,15 +364,21 @@ def scripted_server():
         server.server_close()
 
 
-GRANT = {"token": "t" * 64, "keystore_id": "ks", "expires_in": 60,
-         "owner_public_key": base64.b64encode(X25519PrivateKey.generate().public_key().public_bytes_raw()).decode()}
+def GRANT(request: dict) -> dict:
+    """The grant a broker with IDENTITY would sign for this attest request (nonce "n", measurement "00"*32)."""
+    token = "t" * 64
+    signed = grant_statement("n", base64.b64decode(request["public_key"]), token, IDENTITY.keystore_id, OWNER,
+                             "00" * 32)
+    return {"token": token, "keystore_id": IDENTITY.keystore_id, "expires_in": 60,
+            "owner_public_key": base64.b64encode(OWNER).decode(),
+            "signature": sign_statement(SIGNING, "grant", signed)}
 BUSY = (429, {"error": "too many challenges", "retry_after": 0.05}, {"Retry-After": "1"})
 
 
 def test_client_waits_out_429_then_attests(scripted_server):
     url, seen = scripted_server({"/v1/auth": [BUSY, BUSY, (200, {"session": "s", "nonce": "n"}, {})],
                                  "/v1/attest": [(200, GRANT, {})]})
-    session = BrokerSession(url, "00" * 32, _fake_evidence, timeout_s=5)
+    session = BrokerSession(url, "00" * 32, _fake_evidence, IDENTITY, timeout_s=5)
     began = time.monotonic()
     session.attest()
     elapsed = time.monotonic() - began
@@ -376,12 +389,12 @@ def test_client_waits_out_429_then_attests(scripted_server):
 def test_client_gives_up_on_endless_429(scripted_server):
     url, seen = scripted_server({"/v1/auth": [BUSY]})
     with pytest.raises(ServiceError, match="after 3 tries"):
-        BrokerSession(url, "00" * 32, _fake_evidence, timeout_s=5, max_tries=3).attest()
+        BrokerSession(url, "00" * 32, _fake_evidence, IDENTITY, timeout_s=5, max_tries=3).attest()
     assert len(seen) == 3
     url, seen = scripted_server({"/v1/auth": [(429, {"error": "slow down", "retry_after": 30}, {})]})
     began = time.monotonic()
     with pytest.raises(ServiceError, match="past this request's deadline"):
-        BrokerSession(url, "00" * 32, _fake_evidence, timeout_s=5).attest()
+        BrokerSession(url, "00" * 32, _fake_evidence, IDENTITY, timeout_s=5).attest()
     assert time.monotonic() - began < 3 and len(seen) == 1
 
 
@@ -393,7 +406,7 @@ def _silent_listener() -> socket.socket:
 def test_client_fails_within_its_deadline_when_the_broker_never_answers():
     with _silent_listener() as listener:
         session = BrokerSession(f"http://127.0.0.1:{listener.getsockname()[1]}", "00" * 32, _fake_evidence,
-                                timeout_s=1.0)
+                                IDENTITY, timeout_s=1.0)
         began = time.monotonic()
         with pytest.raises(ServiceError, match="deadline"):
             session.attest()
@@ -417,7 +430,7 @@ def test_client_deadline_holds_against_a_trickling_reply():
         server = threading.Thread(target=trickle, args=(listener,), daemon=True)
         server.start()
         session = BrokerSession(f"http://127.0.0.1:{listener.getsockname()[1]}", "00" * 32, _fake_evidence,
-                                timeout_s=1.0)
+                                IDENTITY, timeout_s=1.0)
         began = time.monotonic()
         try:
             with pytest.raises(ServiceError, match="deadline"):
@@ -450,10 +463,10 @@ def test_an_attestation_in_progress_does_not_block_unwraps(broker, datasets, key
     session.attest()
     inner, entered, release = session._evidence_for, threading.Event(), threading.Event()
 
-    def slow_evidence(nonce: str, public: bytes):
+    def slow_evidence(nonce: str, public: bytes, config: str):
         entered.set()
         release.wait(10)
-        return inner(nonce, public)
+        return inner(nonce, public, config)
 
     session._evidence_for = slow_evidence
     second = threading.Thread(target=session.attest, daemon=True)
@@ -487,13 +500,14 @@ def test_whole_mode_session_is_not_made_under_the_module_lock(monkeypatch):
     monkeypatch.setattr(whole, "load_or_create_platform_key", X25519PrivateKey.generate)
     monkeypatch.setattr(whole, "SimulationAttester", lambda key: None)
     monkeypatch.setattr(whole, "_sessions", {})
-    slow = threading.Thread(target=whole.attested_session, args=("http://slow",), daemon=True)
+    slow_broker, fast_broker = (BrokerAddress(url, IDENTITY.to_json()) for url in ("http://slow", "http://fast"))
+    slow = threading.Thread(target=whole.attested_session, args=(slow_broker,), daemon=True)
     slow.start()
     try:
         assert entered.wait(10)
-        fast = whole.attested_session("http://fast")  # would wait on the lock if attesting held it
+        fast = whole.attested_session(fast_broker)  # would wait on the lock if attesting held it
         assert fast.url == "http://fast" and slow.is_alive()
     finally:
         release.set()
         slow.join(10)
-    assert whole.attested_session("http://slow").url == "http://slow"
+    assert whole.attested_session(slow_broker).url == "http://slow"

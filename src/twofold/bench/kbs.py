@@ -38,6 +38,7 @@ def run(attestations: int = 300, concurrency: int = 8) -> dict[str, Any]:
         dataset = EncryptedDataset.write(pa.table({"x": [1, 2]}), root / "ds", store)
         write_policy(root / "policy.json", [dataset.dataset_id])
         item = (dataset.manifest.wrapped_mac_key, mac_context(dataset.dataset_id))
+        identity = store.broker_identity()
         measurement = current_measurement()
         attester = SimulationAttester(load_or_create_platform_key())
         # every attestation comes from this one address: lift the per-address rate limit, so that the
@@ -48,7 +49,8 @@ def run(attestations: int = 300, concurrency: int = 8) -> dict[str, Any]:
             def grant() -> float:
                 start = time.perf_counter()
                 session = BrokerSession(kbs.address, measurement,
-                                        lambda nonce, pub: attester.evidence(measurement, nonce, pub))
+                                        lambda nonce, pub, config: attester.evidence(measurement, nonce, pub, config),
+                                        identity)
                 session.attest()
                 session.unwrap(*item)
                 return time.perf_counter() - start

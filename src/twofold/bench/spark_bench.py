@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from twofold.bench.common import machine
 from twofold.crypto.kdf import Argon2Params
 from twofold.data import EncryptedDataset
-from twofold.enclave.kernels.base import algorithm as kernel
+from twofold.enclave.kernels.base import find_algorithm as kernel
 from twofold.keys.keystore import Keystore
 from twofold.spark import catalog, jobs
 from twofold.spark.embedded import job_services
@@ -126,13 +126,13 @@ def _load_plain_arrow(spark: Any, directory: Path, features: list[str], keep: li
     return indices.mapInArrow(load, assembled_schema(schema, features, "features", keep))
 
 
-def _warm_up(spark: Any, kbs_url: str, plain: Path, encrypted: Path, algorithms: list[str],
+def _warm_up(spark: Any, broker: Any, plain: Path, encrypted: Path, algorithms: list[str],
              features: list[str]) -> None:
     """Every load path and estimator once on a small dataset before timing, so that no mode pays the JVM's
     first-use compilation or the Python workers' start."""
     frames = [_cached(_load_plain_spark(spark, plain, features, ["label"]), 2),
               _cached(_load_plain_arrow(spark, plain, features, ["label"]), 2),
-              _cached(read_encrypted(spark, encrypted, kbs_url, columns=["label"], features=features), 2)]
+              _cached(read_encrypted(spark, encrypted, broker, columns=["label"], features=features), 2)]
     for algorithm in algorithms:
         jobs.mllib_estimator(algorithm, PARAMS[algorithm], "label").fit(frames[0])
     for frame in frames:
@@ -177,13 +177,13 @@ def run(rows: int, cols: int, algorithms: list[str], partitions: int | None = No
         (root / "warm.parquet").mkdir()
         for index in range(2):
             pq.write_table(warm.slice(index * 2000, 2000), root / "warm.parquet" / f"part-{index:05d}.parquet")
-        with job_services([str(d.path) for d in [*encrypted.values(), warm_encrypted]], keystore_dir=root / "ks",
-                          passphrase=PASSPHRASE, cache_mib=16384) as services:
+        with job_services([str(d.path) for d in [*encrypted.values(), warm_encrypted]], mode="both",
+                          keystore_dir=root / "ks", passphrase=PASSPHRASE, cache_mib=16384) as services:
             # A fixed-size heap: no timed phase pays for the JVM growing its heap again after a collection.
             memory = os.environ.get("TWOFOLD_SPARK_DRIVER_MEMORY", "4g")
-            spark = get_spark(master, "twofold-bench", java_options=f"-Xms{memory}", quiet=quiet,
+            spark = get_spark(master, "twofold-bench", java_options=f"-Xms{memory}", quiet=quiet, whole_mode=True,
                               **{"spark.driver.memory": memory})
-            _warm_up(spark, services.kbs_url, root / "warm.parquet", warm_encrypted.path, algorithms,
+            _warm_up(spark, services.broker, root / "warm.parquet", warm_encrypted.path, algorithms,
                      [c for c in warm.column_names if c != "label"])
             for algorithm in algorithms:
                 results += _bench_algorithm(spark, services, algorithm, tables, encrypted, plain, partitions, log,
@@ -234,7 +234,7 @@ def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, en
         return row
 
     def whole() -> dict[str, Any]:
-        load_seconds, frame = _timed(lambda: _cached(read_encrypted(spark, encrypted[name].path, services.kbs_url,
+        load_seconds, frame = _timed(lambda: _cached(read_encrypted(spark, encrypted[name].path, services.broker,
                                                                     columns=keep, features=columns), partitions))
         _quiesce(spark)  # as vanilla does between its load and its fit
         seconds, model = _timed(lambda: jobs.mllib_estimator(algorithm, params, label or "label").fit(frame))
@@ -246,7 +246,8 @@ def _bench_algorithm(spark: Any, services: Any, algorithm: str, tables: dict, en
     def partitioned(release: str) -> dict[str, Any]:
         HostEnclave(services.enclave).call("close_dataset", dataset_id=encrypted[name].dataset_id)  # from scratch
         estimator = spec.partitioned_class()(release=release, enclaveSocket=services.enclave.socket,
-                                             kbsUrl=services.kbs_url, inputCols=columns,
+                                             kbsUrl=services.kbs_url,
+                                             brokerIdentity=services.enclave.broker_identity, inputCols=columns,
                                              **({"labelCol": label} if label else {}), **params)
         seconds, fitted = _timed(lambda: estimator.fit(encrypted_files(spark, encrypted[name].path)))
         weights = fitted.model_file.open_arrays(encrypted[name]._wrapper)

@@ -51,13 +51,16 @@ def _owner(keystore_dir: Path | None):
               help="Partitioned mode: what leaves the enclave.")
 @click.option("--keystore", "keystore_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Owner's keystore: embed a key broker on loopback (the default way to run).")
-@click.option("--kbs", "kbs_url", default=None, help="Use a running key broker instead.")
+@click.option("--kbs", "kbs_url", default=None, help="Use a running key broker instead (with --broker-identity).")
+@click.option("--broker-identity", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The running key broker's identity, as its owner issued it (twofold kbs identity).")
 @click.option("--master", default=None, help="Spark master (default local[*]).")
 @click.option("--label", default=None, help="Label column (default: the dataset's).")
 @click.option("--features", default=None, help="Comma-separated feature columns (default: all numeric).")
 @hyperparameter_options
 def train(dataset: Path, out: Path, algorithm: str, mode: str, release: str, keystore_dir: Path | None,
-          kbs_url: str | None, master: str | None, label: str | None, features: str | None, **options: Any) -> None:
+          kbs_url: str | None, broker_identity: Path | None, master: str | None, label: str | None,
+          features: str | None, **options: Any) -> None:
     """Train on an encrypted dataset; the model is written sealed (only the owner and attested code open it)."""
     from twofold.spark import jobs
     from twofold.spark.embedded import job_services
@@ -70,9 +73,10 @@ def train(dataset: Path, out: Path, algorithm: str, mode: str, release: str, key
         raise ConfigError("pass --keystore (embedded key broker) or --kbs URL")
     _, passphrase = _owner(keystore_dir) if kbs_url is None else (None, None)
     started = time.perf_counter()
-    with job_services([str(dataset)], keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url) as services:
+    with job_services([str(dataset)], mode=mode, keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url,
+                      broker_identity=broker_identity) as services:
         info(f"enclave: SIMULATION backend; key broker {services.kbs_url}")
-        spark = get_spark(master, quiet=not debug_requested())
+        spark = get_spark(master, quiet=not debug_requested(), whole_mode=mode == "whole")
         with progress_bar(f"{algorithm} ({mode}{'/' + release if mode == 'partitioned' else ''})", None,
                           "passes") as advance:
             result = jobs.train(spark, dataset, algorithm, mode, release, services.enclave, params, label,
@@ -88,10 +92,13 @@ def train(dataset: Path, out: Path, algorithm: str, mode: str, release: str, key
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="New encrypted dataset directory.")
 @click.option("--keystore", "keystore_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Owner's keystore: predictions are written encrypted under it.")
-@click.option("--kbs", "kbs_url", default=None, help="Use a running key broker instead of an embedded one.")
+@click.option("--kbs", "kbs_url", default=None, help="Use a running key broker instead of an embedded one "
+              "(with --broker-identity).")
+@click.option("--broker-identity", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The running key broker's identity, as its owner issued it (twofold kbs identity).")
 @click.option("--master", default=None, help="Spark master (default local[*]).")
 def predict(model_path: Path, dataset: Path, out: Path, keystore_dir: Path, kbs_url: str | None,
-            master: str | None) -> None:
+            broker_identity: Path | None, master: str | None) -> None:
     """Predict on an encrypted dataset; predictions are written as an encrypted dataset of the owner."""
     from twofold.data.models import ModelFile
     from twofold.spark import jobs
@@ -103,8 +110,9 @@ def predict(model_path: Path, dataset: Path, out: Path, keystore_dir: Path, kbs_
     if out.exists():
         raise ConfigError(f"output {out} already exists; choose a new directory")
     needed = [str(dataset), model.dataset_id]
-    with job_services(needed, keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url) as services:
-        spark = get_spark(master, quiet=not debug_requested())
+    with job_services(needed, mode=model.mode, keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url,
+                      broker_identity=broker_identity) as services:
+        spark = get_spark(master, quiet=not debug_requested(), whole_mode=model.mode == "whole")
         with progress_bar("predicting", None, "partitions"):
             table = jobs.predict(spark, model, dataset, services.enclave, owner)
     written = jobs.write_predictions(table, out, owner)

@@ -1,10 +1,9 @@
-"""``twofold tcb | kbs serve | enclave serve | enclave platform-key | policy init``."""
+"""``twofold tcb | kbs serve | kbs identity | enclave serve | enclave platform-key | policy init``."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import ssl
@@ -58,6 +57,8 @@ def kbs() -> None:
               help="Append-only audit log (default: kbs-audit.jsonl in the keystore directory).")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="CA of --tls-cert, as named in the broker identity that enclaves pin (twofold kbs identity).")
 @click.option("--auth-burst", type=click.IntRange(min=1), default=None,
               help="Challenges one client address may take at once [default: 200].")
 @click.option("--auth-rate", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -72,7 +73,7 @@ def kbs() -> None:
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
               help="Requests handled at once; beyond it the broker answers 503 [default: 512].")
 def kbs_serve(keystore_dir: Path, policy_path: Path, host: str, port: int, audit_log: Path | None,
-              tls_cert: Path | None, tls_key: Path | None, **limits: float | None) -> None:
+              tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None, **limits: float | None) -> None:
     """Serve attestation-gated key release until interrupted."""
     from twofold.kbs.audit import AuditLog
     from twofold.kbs.policy import load_policy
@@ -98,11 +99,24 @@ def kbs_serve(keystore_dir: Path, policy_path: Path, host: str, port: int, audit
         info(f"key broker for keystore {store.keystore_id} listening on {url}")
 
     try:
-        asyncio.run(serve(KeyBroker(store, policy, audit, bounds), host, port, context, ready))
+        broker = KeyBroker(store, policy, audit, bounds, tls_ca=tls_ca.read_text() if tls_ca else "")
+        asyncio.run(serve(broker, host, port, context, ready))
     except KeyboardInterrupt:
         pass
     finally:
         audit.close()
+
+
+@kbs.command("identity")
+@keystore_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="CA that signs the broker's TLS certificate (required for an https broker).")
+def kbs_identity(keystore_dir: Path, out: Path, tls_ca: Path | None) -> None:
+    """Write the key broker's identity, which enclaves pin (give it to `enclave serve --broker-identity`)."""
+    identity = unlock(keystore_dir).broker_identity(tls_ca.read_text() if tls_ca else "")
+    out.write_text(identity.to_json())
+    info(f"wrote broker identity {out} (keystore {identity.keystore_id}, digest {identity.digest()[:16]}...)")
 
 
 @click.group()
@@ -112,9 +126,10 @@ def enclave() -> None:
 
 @enclave.command("serve")
 @click.option("--socket", "socket_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--kbs", "kbs_url", required=True, help="URL of the owner's key broker.")
-@click.option("--kbs-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="CA bundle for an https key broker.")
+@click.option("--kbs", "kbs_url", required=True, help="URL of the owner's key broker (https://, or http:// on "
+              "loopback).")
+@click.option("--broker-identity", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The key broker's identity as its owner issued it (twofold kbs identity).")
 @click.option("--platform-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Simulated platform key (default: $TWOFOLD_HOME/simulation/platform-ed25519.pem).")
 @click.option("--cache-mib", type=click.IntRange(min=1), default=1024, show_default=True,
@@ -124,26 +139,22 @@ def enclave() -> None:
               show_default=True, help="Seconds between busy-heartbeats sent while an ecall runs.")
 @click.option("--max-connections", type=click.IntRange(min=1, max=4096), default=64, show_default=True,
               help="Connections served at once; more are refused with an error.")
-def enclave_serve(socket_path: Path, kbs_url: str, kbs_ca: Path | None, platform_key: Path | None,
+def enclave_serve(socket_path: Path, kbs_url: str, broker_identity: Path, platform_key: Path | None,
                   cache_mib: int, idle_exit: int | None, heartbeat_s: float, max_connections: int) -> None:
-    """Attest to the key broker, then serve ecalls on a Unix socket until terminated."""
-    import signal
+    """Attest to the key broker, then serve ecalls on a Unix socket until terminated.
 
-    from twofold.enclave.runtime import Limits, serve, start_state
+    The enclave runs as its own minimal program (``python -I -B -m twofold.enclave``, clean environment): this
+    command replaces itself with it, so nothing of the CLI is loaded where plaintext is.
+    """
+    import os
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # until the event loop installs its own
-    _serve_logging("enclave")
-    state = start_state(kbs_url, platform_key, cache_mib << 20, str(kbs_ca) if kbs_ca else None)
+    from twofold.services import enclave_command
 
-    def ready() -> None:
-        click.echo(f"{READY_PREFIX}{socket_path}")
-        click.get_text_stream("stdout").flush()
-        info(f"enclave (SIMULATION: no hardware memory protection) measurement {state.measurement[:16]}... "
-             f"attested; serving on {socket_path}")
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(state, socket_path, ready, idle_exit_s=idle_exit,
-                          limits=Limits(heartbeat_s=heartbeat_s, max_connections=max_connections)))
+    extra = [*(["--platform-key", str(platform_key)] if platform_key else []),
+             *(["--idle-exit", str(idle_exit)] if idle_exit else []),
+             "--heartbeat", str(heartbeat_s), "--max-connections", str(max_connections)]
+    command, env = enclave_command(socket_path, kbs_url, broker_identity, cache_mib=cache_mib, extra=tuple(extra))
+    os.execve(command[0], command, env)  # noqa: S606 - the enclave replaces this process, by design
 
 
 @enclave.command("platform-key")

@@ -513,6 +513,9 @@ def _tail_skipping_index(tables: dict[str, torch.Tensor], segs: slice, first: in
     return spread.add_(torch.arange(stop - start, dtype=dtype, device=spread.device))
 
 
+_FAST_CHUNK_BYTES = 1 << 20
+
+
 def xor_keystream_cpu_fast(data: torch.Tensor, key: KeyLike, nonce: KeyLike, counter: int = 1,
                            out: torch.Tensor | None = None) -> torch.Tensor:
     """Same result as :func:`xor_keystream` for CPU tensors, computed by ``cryptography``'s native ChaCha20.
@@ -528,8 +531,13 @@ def xor_keystream_cpu_fast(data: torch.Tensor, key: KeyLike, nonce: KeyLike, cou
     if flat.numel():
         iv = counter.to_bytes(4, "little") + nonce_b
         encryptor = Cipher(algorithms.ChaCha20(key_b, iv), mode=None).encryptor()
-        buf = memoryview(flat_out.numpy())
-        encryptor.update_into(buf, buf)
+        view = memoryview(flat_out.numpy())
+        # cryptography refuses overlapping input and output, so each chunk goes through a small scratch buffer
+        scratch = bytearray(min(len(view), _FAST_CHUNK_BYTES))
+        for start in range(0, len(view), len(scratch)):
+            part = view[start:start + len(scratch)]
+            written = encryptor.update_into(part, scratch)
+            part[:] = memoryview(scratch)[:written]
     return out
 
 

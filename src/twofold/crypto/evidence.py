@@ -2,7 +2,9 @@
 
 Evidence binds an enclave's code measurement to a verifier's fresh nonce and to the enclave's ephemeral public
 key (``report_data = SHA-256(public key)``), so keys released to that public key reach only that enclave
-instance. The simulation backend signs evidence with a per-machine Ed25519 "platform key"; hardware backends
+instance. ``config`` is the digest of the key-broker identity the enclave was given
+(:mod:`twofold.crypto.broker_identity`), so a broker can refuse an enclave that trusts some other broker. The
+simulation backend signs evidence with a per-machine Ed25519 "platform key"; hardware backends
 carry a vendor-signed quote instead (see docs/threat-model.md).
 """
 
@@ -18,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from twofold.errors import AttestationError
 
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2
 
 
 def report_data_for(public_key_raw: bytes) -> str:
@@ -35,6 +37,7 @@ class Evidence:
     nonce: str
     report_data: str
     timestamp: float
+    config: str = ""  # hex digest of the broker identity the enclave pins
     platform_key: str = ""  # base64 raw Ed25519 public key (simulation backend)
     signature: str = ""  # base64 Ed25519 signature
     version: int = EVIDENCE_VERSION
@@ -54,6 +57,7 @@ class Evidence:
             evidence = cls(
                 backend=str(data["backend"]), measurement=str(data["measurement"]), nonce=str(data["nonce"]),
                 report_data=str(data["report_data"]), timestamp=float(data["timestamp"]),
+                config=str(data.get("config", "")),
                 platform_key=str(data.get("platform_key", "")), signature=str(data.get("signature", "")),
                 version=int(data.get("version", 0)),
             )

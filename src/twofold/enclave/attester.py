@@ -1,7 +1,8 @@
 """The simulation attester: evidence signed by a per-machine Ed25519 "platform key".
 
-In simulation the platform key is a file readable by this machine's administrators, so evidence proves which
-code was *asked* to run, not that memory is protected. A hardware backend replaces this class: SGX DCAP would
+In simulation the platform key is a file of the user who runs twofold, readable by every process of that user
+(and by root), so any of them can forge simulation evidence: it proves which code was *asked* to run, not that
+it runs or that memory is protected. A hardware backend replaces this class: SGX DCAP would
 produce a quote over the same (measurement, report_data) via Gramine's /dev/attestation; SEV-SNP/TDX would
 fill an attestation report's REPORT_DATA the same way.
 """
@@ -24,11 +25,11 @@ HOME_ENV = "TWOFOLD_HOME"
 
 
 class Attester(Protocol):
-    """Produces evidence for a verifier's nonce, bound to the enclave's public key."""
+    """Produces evidence for a verifier's nonce, bound to the enclave's public key and its broker identity."""
 
     backend: str
 
-    def evidence(self, measurement: str, nonce: str, public_key_raw: bytes) -> Evidence: ...
+    def evidence(self, measurement: str, nonce: str, public_key_raw: bytes, config: str) -> Evidence: ...
 
 
 def twofold_home() -> Path:
@@ -71,7 +72,7 @@ class SimulationAttester:
     def __init__(self, platform_key: Ed25519PrivateKey) -> None:
         self._key = platform_key
 
-    def evidence(self, measurement: str, nonce: str, public_key_raw: bytes) -> Evidence:
+    def evidence(self, measurement: str, nonce: str, public_key_raw: bytes, config: str) -> Evidence:
         claims = Evidence(backend=self.backend, measurement=measurement, nonce=nonce,
-                          report_data=report_data_for(public_key_raw), timestamp=time.time())
+                          report_data=report_data_for(public_key_raw), timestamp=time.time(), config=config)
         return sign_evidence(claims, self._key)

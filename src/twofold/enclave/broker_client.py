@@ -3,10 +3,16 @@
 Protocol (JSON over HTTP(S), in the style of the Confidential Containers KBS):
 
 1. ``POST /v1/auth``    {backend}                          -> {session, nonce, expires_in}
-2. ``POST /v1/attest``  {session, evidence, public_key}    -> {token, expires_in, keystore_id, owner_public_key}
-3. ``POST /v1/unwrap``  {token, items: [{context, wrapped}]} -> {items: [{sealed}]}
+2. ``POST /v1/attest``  {session, evidence, public_key}    -> {token, expires_in, keystore_id, owner_public_key,
+                                                                signature}
+3. ``POST /v1/unwrap``  {token, request, items: [{context, wrapped}]} -> {items: [{sealed}], rules, signature}
 
-Each released key is sealed to the enclave's ephemeral X25519 key with HPKE, bound to the token and context.
+The session trusts exactly one broker, the :class:`~twofold.crypto.broker_identity.BrokerIdentity` the owner
+gave it; its digest goes into the evidence, so the real broker serves only enclaves that pin it. The grant is
+signed over the challenge nonce and the enclave's public key; a release is signed over a fresh request nonce,
+the token, every context asked for, the digest of every sealed key and the dataset rules, so nothing a relay or
+the untrusted host substitutes is accepted. Each released key is also sealed to the enclave's ephemeral X25519
+key with HPKE, bound to the token and context. Plain ``http://`` is accepted only on loopback.
 A rejected token (the broker restarted, or the token expired) triggers one fresh attestation.
 Every call (``attest``, ``unwrap_many``) has a deadline (``timeout_s``, 30 s by default) that covers its requests
 and their retries; a 429 (or a 503 with ``Retry-After``) is waited out as the broker asks, a bounded number of
@@ -17,9 +23,11 @@ from __future__ import annotations
 
 import base64
 import http.client
+import ipaddress
 import json
 import math
 import random
+import secrets
 import ssl
 import threading
 import time
@@ -31,9 +39,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from twofold.crypto.broker_identity import BrokerIdentity, digest_of
+from twofold.crypto.contexts import dataset_of
 from twofold.crypto.evidence import Evidence
 from twofold.crypto.hpke_seal import open_sealed_to
 from twofold.errors import AttestationError, ConfigError, KeyAccessError, ProtocolError, ServiceError, TwofoldError
+from twofold.kbs.policy import DatasetRule
 
 API = "/v1"
 TIMEOUT_S = 30.0  # the deadline of one operation (attest, or unwrap_many with its re-attestation), retries included
@@ -46,11 +57,52 @@ def release_info(token: str, context: bytes) -> bytes:
     return b"twofold-kbs-release-v1\x00" + token.encode() + b"\x00" + context
 
 
+def grant_statement(nonce: str, public_key_raw: bytes, token: str, keystore_id: str, owner_public_key: bytes,
+                    measurement: str) -> dict[str, Any]:
+    """What the broker signs when it grants a token (purpose ``grant``)."""
+    return {"nonce": nonce, "enclave_key": base64.b64encode(public_key_raw).decode(), "token": token,
+            "keystore_id": keystore_id, "owner_public_key": base64.b64encode(owner_public_key).decode(),
+            "measurement": measurement}
+
+
+def release_statement(request: str, token: str, contexts: list[bytes], sealed: list[bytes],
+                      rules: dict[str, Any]) -> dict[str, Any]:
+    """What the broker signs when it releases keys (purpose ``release``)."""
+    return {"request": request, "token": token, "contexts": [base64.b64encode(c).decode() for c in contexts],
+            "sealed": [digest_of(blob) for blob in sealed], "rules": rules}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where a key broker is and who it is: its URL and the identity (JSON) its owner issued. Not secret."""
+
+    url: str
+    identity: str
+
+    def pinned(self) -> BrokerIdentity:
+        return BrokerIdentity.from_json(self.identity)
+
+
 @dataclass(frozen=True)
 class _Granted:
     token: str
-    keystore_id: str
-    owner_public_key: X25519PublicKey
+
+
+@dataclass(frozen=True)
+class Release:
+    """Keys released in one round trip, with the owner's rules for every dataset they belong to."""
+
+    keys: list[bytes]
+    rules: dict[str, DatasetRule]
 
 
 class BrokerSession:
@@ -60,25 +112,33 @@ class BrokerSession:
     Callers that find no token share one attestation in flight (a Future waited on without the lock).
     """
 
-    def __init__(self, url: str, measurement: str, evidence_for: Callable[[str, bytes], Evidence],
-                 *, ca_file: str | None = None, timeout_s: float = TIMEOUT_S, max_tries: int = MAX_TRIES) -> None:
+    def __init__(self, url: str, measurement: str, evidence_for: Callable[[str, bytes, str], Evidence],
+                 identity: BrokerIdentity, *, timeout_s: float = TIMEOUT_S, max_tries: int = MAX_TRIES) -> None:
         self._url = url.rstrip("/")
         parsed = urllib.parse.urlsplit(self._url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ConfigError(f"key broker URL must be http:// or https://, not {url!r}")
+            raise ConfigError(f"key broker URL must be https:// (or http:// on loopback), not {url!r}")
+        if parsed.scheme == "http" and not is_loopback(parsed.hostname):
+            raise ConfigError(f"key broker {parsed.hostname} is not on loopback: use https://")
         if not timeout_s > 0 or max_tries < 1:
             raise ConfigError("a key-broker session needs a positive deadline and at least one try")
         self._parsed = parsed
         self._measurement = measurement
         self._evidence_for = evidence_for
-        self._context = ssl.create_default_context(cafile=ca_file) if parsed.scheme == "https" else None
+        self.identity = identity
+        self._context = None
+        if parsed.scheme == "https":  # the pinned CA only: the environment (SSL_CERT_FILE, ...) has no say
+            if not identity.tls_ca:
+                raise ConfigError("an https key broker's identity must name its TLS CA (twofold kbs identity "
+                                  "--tls-ca)")
+            self._context = ssl.create_default_context(cadata=identity.tls_ca)
         self._timeout_s, self._max_tries = timeout_s, max_tries
         self._lock = threading.Lock()
         self._private = X25519PrivateKey.generate()
         self._token: str | None = None
         self._flight: Future[str] | None = None
-        self.keystore_id = ""
-        self.owner_public_key: X25519PublicKey | None = None
+        self.keystore_id = identity.keystore_id
+        self.owner_public_key = X25519PublicKey.from_public_bytes(identity.owner_public_key)
         self.attestations = 0
 
     @property
@@ -98,7 +158,6 @@ class BrokerSession:
             raise
         with self._lock:
             self._token = granted.token
-            self.keystore_id, self.owner_public_key = granted.keystore_id, granted.owner_public_key
             self.attestations += 1
             if flight is not None and self._flight is flight:
                 self._flight = None
@@ -111,17 +170,18 @@ class BrokerSession:
 
     def _handshake(self, deadline: float) -> _Granted:
         challenge = self._post("auth", {"backend": "simulation"}, deadline)
-        evidence = self._evidence_for(str(challenge["nonce"]), self.public_key_raw)
+        nonce = str(challenge.get("nonce", ""))
+        evidence = self._evidence_for(nonce, self.public_key_raw, self.identity.digest())
         granted = self._post("attest", {
-            "session": challenge["session"],
+            "session": challenge.get("session"),
             "evidence": evidence.to_dict(),
             "public_key": base64.b64encode(self.public_key_raw).decode(),
         }, deadline)
-        try:
-            owner = X25519PublicKey.from_public_bytes(base64.b64decode(granted["owner_public_key"]))
-            return _Granted(str(granted["token"]), str(granted["keystore_id"]), owner)
-        except (KeyError, ValueError, TypeError):
-            raise ProtocolError("key broker sent a malformed grant") from None
+        token = str(granted.get("token", ""))
+        signed = grant_statement(nonce, self.public_key_raw, token, self.identity.keystore_id,
+                                 self.identity.owner_public_key, self._measurement)
+        self.identity.verify("grant", signed, granted.get("signature"))  # the pinned broker, for this nonce and key
+        return _Granted(token)
 
     def _current_token(self, deadline: float) -> str:
         """The session's token; without one, attest once for every caller waiting (single flight)."""
@@ -147,12 +207,18 @@ class BrokerSession:
 
     def unwrap_many(self, items: list[tuple[str, bytes]]) -> list[bytes]:
         """Release several wrapped keys in one round trip."""
+        return self.release(items).keys
+
+    def release(self, items: list[tuple[str, bytes]]) -> Release:
+        """Release several wrapped keys in one round trip, with the owner's rules for their datasets."""
         deadline = self._deadline()
+        contexts = [context for _, context in items]
         body_items = [{"wrapped": wrapped, "context": base64.b64encode(context).decode()} for wrapped, context in items]
         for attempt in range(2):
             token = self._current_token(deadline)
+            request = secrets.token_hex(16)
             try:
-                reply = self._post("unwrap", {"token": token, "items": body_items}, deadline)
+                reply = self._post("unwrap", {"token": token, "request": request, "items": body_items}, deadline)
             except _TokenRejected:
                 with self._lock:
                     if self._token == token:
@@ -161,13 +227,22 @@ class BrokerSession:
                     raise AttestationError("the key broker keeps rejecting fresh tokens") from None
                 continue
             try:
-                sealed = [base64.b64decode(item["sealed"]) for item in reply["items"]]
+                sealed = [base64.b64decode(item["sealed"], validate=True) for item in reply["items"]]
+                raw_rules = reply["rules"]
+                if not isinstance(raw_rules, dict):
+                    raise TypeError("rules")
             except (KeyError, TypeError, ValueError):
                 raise ProtocolError("key broker sent a malformed reply") from None
             if len(sealed) != len(items):
                 raise ProtocolError("key broker released a different number of keys than asked for")
-            return [open_sealed_to(self._private, s, release_info(token, c)) for s, (_, c) in zip(sealed, items,
-                                                                                                   strict=True)]
+            self.identity.verify("release", release_statement(request, token, contexts, sealed, raw_rules),
+                                 reply.get("signature"))
+            datasets = {dataset_of(c) for c in contexts} - {None}
+            if set(raw_rules) != datasets:
+                raise ProtocolError("key broker sent rules for other datasets than asked for")
+            keys = [open_sealed_to(self._private, blob, release_info(token, c)) for blob, c in zip(sealed, contexts,
+                                                                                                    strict=True)]
+            return Release(keys, {d: DatasetRule.from_dict(r, d) for d, r in raw_rules.items()})
         raise AttestationError("could not obtain a key-broker token")
 
     def unwrap(self, wrapped: str, context: bytes) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -37,12 +38,46 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def twofold_imports(path: Path) -> set[str]:
-    """The ``twofold.*`` modules a source file imports (absolute or relative)."""
-    tree = ast.parse(path.read_text("utf-8"))
-    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
-    found: set[str] = set()
+def _type_checking_guards(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """Names this module binds to ``typing.TYPE_CHECKING`` and to the ``typing`` module itself."""
+    flags, modules = set(), set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "typing" and not node.level:
+            flags |= {alias.asname or alias.name for alias in node.names if alias.name == "TYPE_CHECKING"}
+        elif isinstance(node, ast.Import):
+            modules |= {alias.asname or alias.name for alias in node.names if alias.name == "typing"}
+    return flags, modules
+
+
+def _runtime_nodes(tree: ast.Module) -> Iterator[ast.AST]:
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` blocks, which never run.
+
+    Only a ``TYPE_CHECKING`` imported from ``typing`` counts (a module's own variable of that name may be true);
+    the ``else`` branch of such a block runs, so it is kept. Imports inside functions are kept: they run when
+    the function is called.
+    """
+    flags, modules = _type_checking_guards(tree)
+
+    def never_runs(test: ast.expr) -> bool:
+        if isinstance(test, ast.Name):
+            return test.id in flags
+        return (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+                and isinstance(test.value, ast.Name) and test.value.id in modules)
+
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        yield node
+        if isinstance(node, ast.If) and never_runs(node.test):
+            pending.extend(node.orelse)
+        else:
+            pending.extend(ast.iter_child_nodes(node))
+
+
+def imports_in_source(source: str, package: str) -> set[str]:
+    """The ``twofold.*`` modules that ``source`` imports when it runs, absolute or relative to ``package``."""
+    found: set[str] = set()
+    for node in _runtime_nodes(ast.parse(source)):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("twofold")}
         elif isinstance(node, ast.ImportFrom):
@@ -54,6 +89,12 @@ def twofold_imports(path: Path) -> set[str]:
                 found.add(base)
                 found |= {f"{base}.{alias.name}" for alias in node.names}
     return found
+
+
+def twofold_imports(path: Path) -> set[str]:
+    """The ``twofold.*`` modules a source file imports (absolute or relative)."""
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    return imports_in_source(path.read_text("utf-8"), package)
 
 
 def import_closure(seeds: list[Path]) -> list[Path]:

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twofold.crypto.broker_identity import BrokerIdentity
 from twofold.enclave import core_ecalls, kernels  # noqa: F401 - importing registers the ecalls
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.cache import PartitionCache
-from twofold.enclave.measure import current_measurement
+from twofold.enclave.loaded import check_loaded
+from twofold.enclave.measure import current_measurement, tcb_files
 from twofold.enclave.protocol import (
     CONNECTION_ID,
     VERSION,
@@ -38,21 +40,28 @@ from twofold.enclave.state import EnclaveState
 from twofold.errors import ProtocolError, ServiceError, TwofoldError
 
 log = logging.getLogger("twofold.enclave")
+READY_PREFIX = "ready "  # the line twofold.services waits for
 
 
-def start_state(kbs_url: str, platform_key_path: Path | None, cache_bytes: int,
-                ca_file: str | None = None) -> EnclaveState:
-    """Measure this code, attest to the key broker, and build the enclave's state."""
+def start_state(kbs_url: str, identity: BrokerIdentity, platform_key_path: Path | None,
+                cache_bytes: int) -> EnclaveState:
+    """Check that only measured code is loaded, measure it, attest to the pinned key broker, build the state."""
+    measured = frozenset(tcb_files())
+    check_loaded(measured)
     measurement = current_measurement()
     attester = SimulationAttester(load_or_create_platform_key(platform_key_path))
-    broker = BrokerSession(kbs_url, measurement, lambda nonce, pub: attester.evidence(measurement, nonce, pub),
-                           ca_file=ca_file)
+    broker = BrokerSession(kbs_url, measurement,
+                           lambda nonce, pub, config: attester.evidence(measurement, nonce, pub, config), identity)
     broker.attest()
-    return EnclaveState(attester.backend, measurement, broker, PartitionCache(cache_bytes))
+    return EnclaveState(attester.backend, measurement, broker, PartitionCache(cache_bytes), measured=measured)
 
 
 def dispatch(state: EnclaveState, message: dict[str, Any]) -> dict[str, Any]:
-    """Run one validated ecall; errors become typed, data-free error replies."""
+    """Run one validated ecall; errors become typed, data-free error replies.
+
+    After every ecall the loaded twofold modules are checked against the measured set: if unmeasured code was
+    loaded, the result is withheld and the enclave stops (its attested identity no longer holds).
+    """
     call_id = request_id(message)
     try:
         name = message.get("call")
@@ -61,12 +70,19 @@ def dispatch(state: EnclaveState, message: dict[str, Any]) -> dict[str, Any]:
             raise ProtocolError(f"unknown ecall {name!r}")
         args = check(entry.args, message.get("args"), f"arguments of {entry.name}")
         result = check(entry.result, entry.handler(state, **args), f"result of {entry.name}")
-        return {"v": VERSION, "id": call_id, "ok": True, "result": result}
+        reply = {"v": VERSION, "id": call_id, "ok": True, "result": result}
     except TwofoldError as exc:
-        return error_reply(call_id, exc.code, str(exc))
+        reply = error_reply(call_id, exc.code, str(exc))
     except Exception as exc:
         log.error("ecall failed with %s", type(exc).__name__)
-        return error_reply(call_id, ServiceError.code, "internal error in the enclave")
+        reply = error_reply(call_id, ServiceError.code, "internal error in the enclave")
+    try:
+        check_loaded(state.measured)
+    except TwofoldError as exc:
+        log.error("%s: stopping", exc)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return error_reply(call_id, exc.code, "the enclave loaded unmeasured code and stopped")
+    return reply
 
 
 @dataclass(frozen=True)

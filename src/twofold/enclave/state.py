@@ -16,15 +16,17 @@ from twofold.crypto.pme import PmeSession, key_material_name
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.cache import PartitionCache
 from twofold.errors import ConfigError, IntegrityError
+from twofold.kbs.policy import DatasetRule
 
 
 @dataclass
 class OpenedDataset:
-    """A dataset whose manifest this enclave authenticated itself."""
+    """A dataset whose manifest this enclave authenticated itself, and what its owner lets leave for it."""
 
     manifest: Manifest
     pme: PmeSession
     mac_key: bytes
+    rule: DatasetRule
 
     @property
     def dataset_id(self) -> str:
@@ -40,11 +42,15 @@ class EnclaveState:
     datasets: dict[str, OpenedDataset] = field(default_factory=dict)
     derived: PartitionCache | None = None  # kernel working sets (feature matrices), same budget as the cache
     lock: threading.Lock = field(default_factory=threading.Lock)
+    measured: frozenset[Path] = frozenset()  # the files of the measurement: the only twofold code allowed to load
+    combined: dict[tuple[str, int], tuple[str, dict[str, Any]]] = field(default_factory=dict)  # see fit_combine
 
     def open_dataset(self, manifest_bytes: bytes) -> OpenedDataset:
         manifest = Manifest.from_bytes(manifest_bytes)
-        mac_key = self.broker.unwrap(manifest.wrapped_mac_key, mac_context(manifest.dataset_id))
-        opened = OpenedDataset(manifest.authenticate(mac_key), PmeSession(self.broker, manifest.dataset_id), mac_key)
+        release = self.broker.release([(manifest.wrapped_mac_key, mac_context(manifest.dataset_id))])
+        mac_key, rule = release.keys[0], release.rules[manifest.dataset_id]
+        opened = OpenedDataset(manifest.authenticate(mac_key), PmeSession(self.broker, manifest.dataset_id), mac_key,
+                               rule)
         with self.lock:
             self.datasets[manifest.dataset_id] = opened
         return opened
@@ -68,8 +74,10 @@ class EnclaveState:
     def load_partition_from(self, dataset_id: str, index: int, directory: str) -> pa.Table:
         """Read a partition's ciphertext from storage itself (the untrusted side names only the directory).
 
-        The file name comes from the authenticated manifest; the size and the tail hash (the footer's GCM tag and
-        the file's unique AAD) pin this exact file, and PME's AES-GCM authenticates every page as it decrypts.
+        The file name comes from the authenticated manifest. The file is read once into this process's private
+        memory (never memory-mapped, so storage cannot change it under the decryption); then the size and the
+        tail hash (the footer's GCM tag and the file's unique AAD) pin this exact file, and PME's AES-GCM
+        authenticates every page as it decrypts.
         """
         cached = self.cache.get((dataset_id, index))
         if cached is not None:
@@ -77,9 +85,9 @@ class EnclaveState:
         entry = self._entry(dataset_id, index)
         path = Path(directory) / entry.name
         try:
-            source = pa.memory_map(str(path))
+            source = pa.BufferReader(_read_private(path, entry.bytes))
             key_material = Path(directory, key_material_name(entry.name)).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise IntegrityError() from None
         check_identity(source, entry.bytes, entry.tail_sha256)
         return self._decrypt(dataset_id, index, entry, source, key_material)
@@ -103,3 +111,12 @@ class EnclaveState:
         if table is None:
             raise ConfigError(f"partition {index} of {dataset_id} is not loaded")
         return table
+
+
+def _read_private(path: Path, expected: int) -> bytes:
+    """A file's bytes, read into private memory; a file longer than the manifest says is refused unread."""
+    with open(path, "rb") as handle:
+        data = handle.read(expected + 1)
+    if len(data) != expected:
+        raise IntegrityError()
+    return data

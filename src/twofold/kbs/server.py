@@ -1,5 +1,10 @@
 """The key broker's HTTP service (aiohttp): challenge, attest, unwrap. See ``enclave/broker_client.py``.
 
+The broker serves only enclaves whose evidence names its own identity (``config``), signs every grant and
+release with the keystore's broker key, and releases the keys of a request only if every one of them is allowed
+(then audits them all as granted; otherwise one denial). Malformed (400), unauthenticated (401) and slow (408)
+requests are audited too; 429s are not, so a flood does not turn into disk writes.
+
 Every table is bounded and every client is limited (habit 14). An address (an IPv4 address, or an IPv6 /64)
 gets a token bucket for ``/v1/auth`` (429 with ``Retry-After`` when empty) and at most ``max_pending_per_address``
 pending challenges (a new one evicts its oldest); when the whole table is full, the address holding the most
@@ -24,10 +29,11 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from twofold.crypto.broker_identity import sign_statement
 from twofold.crypto.contexts import dataset_of
 from twofold.crypto.evidence import Evidence
 from twofold.crypto.hpke_seal import seal_to
-from twofold.enclave.broker_client import API, release_info
+from twofold.enclave.broker_client import API, grant_statement, release_info, release_statement
 from twofold.errors import AttestationError, ConfigError, IntegrityError, TwofoldError
 from twofold.kbs.audit import AuditLog
 from twofold.kbs.policy import Policy
@@ -37,6 +43,7 @@ from twofold.keys.keystore import Keystore
 log = logging.getLogger("twofold.kbs")
 MAX_BODY = 1 << 20
 MAX_ITEMS = 4096
+_AUDITED_REJECTIONS = (400, 401, 408)
 
 
 @dataclass(frozen=True)
@@ -196,9 +203,13 @@ class GrantTable:
 class KeyBroker:
     """Owner-side key release: state (challenges, grants) lives in memory; a restart forces re-attestation."""
 
-    def __init__(self, keystore: Keystore, policy: Policy, audit: AuditLog, limits: Limits | None = None) -> None:
+    def __init__(self, keystore: Keystore, policy: Policy, audit: AuditLog, limits: Limits | None = None,
+                 tls_ca: str = "") -> None:
         self.keystore, self.policy, self.audit = keystore, policy, audit
         self.limits = limits or Limits()
+        self.identity = keystore.broker_identity(tls_ca)
+        self._config = self.identity.digest()
+        self._signing_key = keystore.broker_signing_key()
         self._buckets = TokenBuckets(self.limits.auth_burst, self.limits.auth_rate, self.limits.max_addresses)
         self._challenges = ChallengeTable(self.limits.max_pending, self.limits.max_pending_per_address)
         self._grants = GrantTable(self.limits.max_grants)
@@ -217,6 +228,17 @@ class KeyBroker:
             return await handler(request)
         finally:
             self.in_flight -= 1
+
+    @web.middleware
+    async def audit_rejections(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Record malformed, unauthenticated and slow requests (400, 401, 408) in the audit log."""
+        try:
+            return await handler(request)
+        except _Denied as denied:
+            if denied.status in _AUDITED_REJECTIONS:
+                self.audit.record("deny", request.path.rsplit("/", 1)[-1], peer=request.remote or "",
+                                  status=denied.status, reason=denied.reason)
+            raise
 
     # -- handlers -------------------------------------------------------------------------------------------
 
@@ -259,6 +281,8 @@ class KeyBroker:
             if len(public_raw) != 32:
                 raise AttestationError("enclave public key must be a raw X25519 key")
             claims = verifier_for(evidence.backend, self.policy).verify(evidence, challenge.nonce, public_raw)
+            if claims.config != self._config:
+                raise AttestationError("the enclave pins another key broker's identity")
             rule = self.policy.rule_for(claims.measurement, time.time())
         except AttestationError as exc:
             self.audit.record("deny", "attest", peer=peer, measurement=measurement, reason=str(exc))
@@ -272,11 +296,15 @@ class KeyBroker:
                          now)
         self.audit.record("grant", "attest", peer=peer, measurement=claims.measurement, backend=claims.backend,
                           token_id=token[:8])
+        owner = self.identity.owner_public_key
+        signed = grant_statement(challenge.nonce, public_raw, token, self.identity.keystore_id, owner,
+                                 claims.measurement)
         return web.json_response({
             "token": token,
             "expires_in": expires - time.time(),
-            "keystore_id": self.keystore.keystore_id,
-            "owner_public_key": base64.b64encode(self.keystore.owner_public_key.public_bytes_raw()).decode(),
+            "keystore_id": self.identity.keystore_id,
+            "owner_public_key": base64.b64encode(owner).decode(),
+            "signature": sign_statement(self._signing_key, "grant", signed),
         })
 
     async def unwrap(self, request: web.Request) -> web.Response:
@@ -286,32 +314,44 @@ class KeyBroker:
         grant = self._grants.get(token, time.time())
         if grant is None:
             raise _Denied(401, "unknown or expired token: attest again")
-        items = body.get("items")
+        items, nonce = body.get("items"), body.get("request")
         if not isinstance(items, list) or not 0 < len(items) <= MAX_ITEMS:
             raise _Denied(400, f"items must be a list of 1 to {MAX_ITEMS} keys")
-        sealed = []
-        for item in items:
-            if not isinstance(item, dict):
-                raise _Denied(400, "malformed item")
-            context = _b64(item.get("context"))
-            dataset = dataset_of(context)
-            try:
-                if dataset is None:
-                    raise AttestationError("request names no dataset")
-                rule = self.policy.rule_for(grant.measurement, time.time())
-                if not rule.allows(dataset):
-                    raise AttestationError(f"dataset {dataset} is not allowed for this measurement")
-                key = self.keystore.unwrap(str(item.get("wrapped", "")), context)
-            except TwofoldError as exc:
-                reason = "wrapped key rejected" if isinstance(exc, IntegrityError) else str(exc)
-                self.audit.record("deny", "unwrap", peer=peer, measurement=grant.measurement, dataset=dataset,
-                                  reason=reason)
-                raise _Denied(403, reason) from None
-            sealed.append({"sealed": base64.b64encode(seal_to(grant.public_key, key, release_info(token, context)))
-                           .decode()})
-            self.audit.record("grant", "unwrap", peer=peer, measurement=grant.measurement, dataset=dataset,
-                              purpose=context.decode().split("|")[0])
-        return web.json_response({"items": sealed})
+        if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
+            raise _Denied(400, "request must be a fresh nonce of 16 to 128 characters")
+        if not all(isinstance(item, dict) for item in items):
+            raise _Denied(400, "malformed item")
+        contexts = [_b64(item.get("context")) for item in items]
+        keys = [self._release_one(grant, peer, str(item.get("wrapped", "")), context)
+                for item, context in zip(items, contexts, strict=True)]
+        # Every key is allowed: only now seal them and audit the whole request as granted.
+        sealed = [seal_to(grant.public_key, key, release_info(token, context))
+                  for key, context in zip(keys, contexts, strict=True)]
+        datasets = sorted({d for d in map(dataset_of, contexts) if d is not None})
+        rules = {d: self.policy.dataset_rule(d).to_dict() for d in datasets}
+        for context in contexts:
+            self.audit.record("grant", "unwrap", peer=peer, measurement=grant.measurement,
+                              dataset=dataset_of(context), purpose=context.decode().split("|")[0])
+        signature = sign_statement(self._signing_key, "release",
+                                   release_statement(nonce, token, contexts, sealed, rules))
+        return web.json_response({"items": [{"sealed": base64.b64encode(b).decode()} for b in sealed],
+                                  "rules": rules, "signature": signature})
+
+    def _release_one(self, grant: _Grant, peer: str, wrapped: str, context: bytes) -> bytes:
+        """One key of a request, if the policy lets the grant's measurement have it; else the request is denied."""
+        dataset = dataset_of(context)
+        try:
+            if dataset is None:
+                raise AttestationError("request names no dataset")
+            rule = self.policy.rule_for(grant.measurement, time.time())
+            if not rule.allows(dataset):
+                raise AttestationError(f"dataset {dataset} is not allowed for this measurement")
+            return self.keystore.unwrap(wrapped, context)
+        except TwofoldError as exc:
+            reason = "wrapped key rejected" if isinstance(exc, IntegrityError) else str(exc)
+            self.audit.record("deny", "unwrap", peer=peer, measurement=grant.measurement, dataset=dataset,
+                              reason=reason)
+            raise _Denied(403, reason) from None
 
     async def _json(self, request: web.Request) -> dict[str, Any]:
         """The request's JSON object, read within ``body_timeout_s`` (a slow body gets 408)."""
@@ -360,7 +400,8 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def make_app(broker: KeyBroker) -> web.Application:
-    app = web.Application(middlewares=[broker.limit_in_flight, _errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[broker.limit_in_flight, _errors, broker.audit_rejections],
+                          client_max_size=MAX_BODY)
     app.add_routes([
         web.get(f"{API}/health", broker.health),
         web.post(f"{API}/auth", broker.auth),

@@ -31,6 +31,7 @@ MAX_CLOCK_SKEW_S = 5.0
 class VerifiedClaims:
     backend: str
     measurement: str
+    config: str  # the digest of the broker identity the enclave pins
 
 
 class Verifier(Protocol):
@@ -62,7 +63,7 @@ class SimulationVerifier:
             raise AttestationError("evidence timestamp is outside the allowed window")
         log.warning("accepted SIMULATION evidence for measurement %s: no hardware memory protection",
                     evidence.measurement[:16])
-        return VerifiedClaims(self.backend, evidence.measurement)
+        return VerifiedClaims(self.backend, evidence.measurement, evidence.config)
 
 
 def verifier_for(backend: str, policy: Policy) -> Verifier:

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from twofold.crypto import aead
+from twofold.crypto.broker_identity import BrokerIdentity
 from twofold.crypto.kdf import Argon2Params, derive_key, new_salt
 from twofold.errors import ConfigError, IntegrityError, KeyAccessError
 from twofold.fsutil import make_private_dir, write_private
@@ -74,6 +76,7 @@ class Keystore:
         self._doc = doc
         self._seal_key = _subkey(kek, b"seal")
         self._mac_key = _subkey(kek, b"mac")
+        self._broker_seed = _subkey(kek, b"broker-signing")
         self._master: dict[int, bytes] = {}
         self._load_master_keys()
 
@@ -165,6 +168,15 @@ class Keystore:
         raw = aead.open_sealed(self._seal_key, _unb64(self._doc["owner"]["x25519_private_sealed"]),
                                self._aad("owner", 0))
         return X25519PrivateKey.from_private_bytes(raw)
+
+    def broker_signing_key(self) -> Ed25519PrivateKey:
+        """The key broker's Ed25519 signing key: derived from the passphrase, so stable across restarts."""
+        return Ed25519PrivateKey.from_private_bytes(self._broker_seed)
+
+    def broker_identity(self, tls_ca: str = "") -> BrokerIdentity:
+        """The identity an enclave pins for this keystore's broker (``tls_ca``: PEM of an https broker's CA)."""
+        return BrokerIdentity(self.keystore_id, self.broker_signing_key().public_key().public_bytes_raw(),
+                              self.owner_public_key.public_bytes_raw(), tls_ca)
 
     # -- KeyWrapper -----------------------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 Fit them on the DataFrame from :func:`twofold.spark.encrypted_files` (one row per encrypted file), alone or as
 stages of a ``pyspark.ml.Pipeline``; the Spark side only ever handles ciphertext and, with
-``release="statistics"``, the aggregated statistics named in docs/threat-model.md. Features are the dataset's
-numeric columns (``inputCols``; default: all but the label). Every estimator also takes ``inputCols``,
-``predictionCol``, ``release``, ``enclaveSocket`` and ``kbsUrl``, and fits a :class:`PartitionedModel`.
+``release="statistics"`` where the owner's policy allows it, the trained weights (docs/threat-model.md). Features
+are the dataset's numeric columns (``inputCols``; default: all but the label). Every estimator also takes
+``inputCols``, ``predictionCol``, ``release``, ``enclaveSocket``, ``kbsUrl`` and ``brokerIdentity`` (or
+``setEnclave(config)``), and fits a :class:`PartitionedModel`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class _PartitionedEstimator(Estimator, EnclaveParams):
                                 params, self.getRelease(), partitioned.new_job())
         result = partitioned.fit(files.index_rdd(dataset.sparkSession), files, task, progress=self._progress)
         model_file = ModelFile(spec.name, "partitioned", task.release, files.dataset_id, result.model_id,
-                               files.manifest.wrapped_mac_key, columns, label, params, result.sealed_model)
+                               files.manifest.wrapped_mac_key, columns, label, params, result.sealed_model,
+                               job=result.job, passes=result.passes)
         return self._copyValues(PartitionedModel(model_file, result.model, result.passes, result.timings))
 
 
@@ -80,7 +82,8 @@ class LogisticRegression(_PartitionedEstimator, HasMaxIter, HasTol, HasRegParam,
     def __init__(self, *, maxIter: int = 100, tol: float = 1e-6, regParam: float = 0.0, elasticNetParam: float = 0.0,
                  fitIntercept: bool = True, standardization: bool = True, labelCol: str = "label",
                  inputCols: list[str] | None = None, predictionCol: str = "prediction", release: str = "statistics",
-                 enclaveSocket: str | None = None, kbsUrl: str | None = None) -> None:
+                 enclaveSocket: str | None = None, kbsUrl: str | None = None,
+                 brokerIdentity: str | None = None) -> None:
         super().__init__(**self._input_kwargs)
 
 
@@ -94,7 +97,8 @@ class LinearRegression(_PartitionedEstimator, HasRegParam, HasElasticNetParam, H
     def __init__(self, *, regParam: float = 0.0, elasticNetParam: float = 0.0, fitIntercept: bool = True,
                  standardization: bool = True, labelCol: str = "label", inputCols: list[str] | None = None,
                  predictionCol: str = "prediction", release: str = "statistics", enclaveSocket: str | None = None,
-                 kbsUrl: str | None = None) -> None:
+                 kbsUrl: str | None = None,
+                 brokerIdentity: str | None = None) -> None:
         super().__init__(**self._input_kwargs)
 
 
@@ -113,7 +117,8 @@ class KMeans(_PartitionedEstimator, _HasK, HasMaxIter, HasTol, HasSeed):
     @keyword_only
     def __init__(self, *, k: int = 2, maxIter: int = 20, tol: float = 1e-4, seed: int = 0,
                  inputCols: list[str] | None = None, predictionCol: str = "prediction", release: str = "statistics",
-                 enclaveSocket: str | None = None, kbsUrl: str | None = None) -> None:
+                 enclaveSocket: str | None = None, kbsUrl: str | None = None,
+                 brokerIdentity: str | None = None) -> None:
         super().__init__(**self._input_kwargs)
 
 
@@ -127,7 +132,8 @@ class NaiveBayes(_PartitionedEstimator, HasLabelCol):
     @keyword_only
     def __init__(self, *, smoothing: float = 1.0, modelType: str = "multinomial", labelCol: str = "label",
                  inputCols: list[str] | None = None, predictionCol: str = "prediction", release: str = "statistics",
-                 enclaveSocket: str | None = None, kbsUrl: str | None = None) -> None:
+                 enclaveSocket: str | None = None, kbsUrl: str | None = None,
+                 brokerIdentity: str | None = None) -> None:
         super().__init__(**self._input_kwargs)
 
     def getSmoothing(self) -> float:
@@ -144,5 +150,6 @@ class PCA(_PartitionedEstimator, _HasK):
 
     @keyword_only
     def __init__(self, *, k: int = 2, inputCols: list[str] | None = None, predictionCol: str = "prediction",
-                 release: str = "statistics", enclaveSocket: str | None = None, kbsUrl: str | None = None) -> None:
+                 release: str = "statistics", enclaveSocket: str | None = None, kbsUrl: str | None = None,
+                 brokerIdentity: str | None = None) -> None:
         super().__init__(**self._input_kwargs)

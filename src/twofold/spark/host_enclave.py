@@ -1,10 +1,11 @@
 """One enclave per executor host, started on demand and shared by that host's tasks.
 
-A task connects to the host's enclave socket; if nothing listens, it starts ``twofold enclave serve`` under a
-file lock (so concurrent tasks start one), records its PID beside the socket, and waits for it. An enclave that
-dies mid-job is restarted the same way and attests again; callers then re-open and re-load what they need.
-An enclave that goes silent (frozen, say by SIGSTOP) is not restarted: the call is retried once only if it
-answers a short probe, and otherwise fails with a ServiceError naming its PID file and log.
+A task connects to the host's enclave socket; if nothing listens, it starts the enclave (isolated, in a clean
+environment, through :func:`twofold.services.enclave_command`) under a file lock (so concurrent tasks start
+one), records its PID beside the socket, and waits for it. An enclave that dies mid-job is restarted the same
+way and attests again; callers then re-open and re-load what they need. An enclave that goes silent (frozen,
+say by SIGSTOP) is not restarted: the call is retried once only if it answers a short probe, and otherwise fails
+with a ServiceError naming its PID file and log.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from twofold.enclave.broker_client import BrokerAddress
 from twofold.errors import ConfigError, ServiceError
-from twofold.services import ENCLAVE_ENV
+from twofold.services import enclave_command
 from twofold.spark.enclave_client import SILENCE_TIMEOUT_S, EnclaveClient, EnclaveSilentError, responsive
 
 START_TIMEOUT_S = 60.0  # attestation included; the start lock is held at most this long (plus a spawn)
@@ -33,10 +34,12 @@ _PROBE_CONNECT_S = 2.0
 
 @dataclass(frozen=True)
 class EnclaveConfig:
-    """Where a host's enclave listens, which key broker it attests to, and the link's deadlines."""
+    """Where a host's enclave listens, which key broker it attests to (its URL and the identity the owner issued,
+    as JSON), and the link's deadlines. None of it is secret; a wrong identity only gets the enclave no keys."""
 
     socket: str
     kbs_url: str
+    broker_identity: str = ""
     cache_mib: int = 4096
     idle_exit_s: int = 900
     heartbeat_s: float = 5.0
@@ -49,6 +52,14 @@ class EnclaveConfig:
     @property
     def log_path(self) -> Path:
         return Path(self.socket + ".log")
+
+    @property
+    def broker(self) -> BrokerAddress:
+        return BrokerAddress(self.kbs_url, self.broker_identity)
+
+    @property
+    def identity_path(self) -> Path:
+        return Path(self.socket + ".broker.json")
 
 
 def _listening(path: str) -> bool:
@@ -83,14 +94,15 @@ def _lock_within(lock: Any, deadline: float, config: EnclaveConfig) -> None:
 
 
 def _spawn(config: EnclaveConfig) -> subprocess.Popen:
+    if not config.broker_identity:
+        raise ConfigError("the enclave needs the key broker's identity (twofold kbs identity; --broker-identity)")
+    config.identity_path.write_text(config.broker_identity)
+    command, env = enclave_command(config.socket, config.kbs_url, config.identity_path, cache_mib=config.cache_mib,
+                                   extra=("--idle-exit", str(config.idle_exit_s), "--heartbeat",
+                                          str(config.heartbeat_s)))
     with open(config.log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "twofold", "enclave", "serve", "--socket", config.socket, "--kbs",
-             config.kbs_url, "--cache-mib", str(config.cache_mib), "--idle-exit", str(config.idle_exit_s),
-             "--heartbeat", str(config.heartbeat_s)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**{k: v for k, v in os.environ.items() if k != "TWOFOLD_PASSPHRASE"}, **ENCLAVE_ENV},
-        )
+        return subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=env)
 
 
 def _await_listening(config: EnclaveConfig, process: subprocess.Popen, deadline: float) -> None:

@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from twofold.crypto.manifest import Manifest
-from twofold.data.models import ModelFile, seal_payload
+from twofold.data.models import ModelFile, seal_model_file
 from twofold.data.tabular import EncryptedDataset, read_manifest
+from twofold.enclave.broker_client import BrokerAddress
 from twofold.errors import ConfigError
 from twofold.keys.wrapping import KeyWrapper
 from twofold.spark import catalog
@@ -55,15 +56,15 @@ def train(spark: Any, path: Path, algorithm: str, mode: str, release: str, encla
         raise ConfigError(f"{algorithm} needs a label column: pass --label")
     if mode == "partitioned":
         estimator = spec.partitioned_class()(release=release, enclaveSocket=enclave.socket, kbsUrl=enclave.kbs_url,
-                                             inputCols=columns, **({"labelCol": label} if spec.uses_label else {}),
-                                             **params)
+                                             brokerIdentity=enclave.broker_identity, inputCols=columns,
+                                             **({"labelCol": label} if spec.uses_label else {}), **params)
         if progress:
             estimator.setProgress(progress)
         model = estimator.setManifest(manifest).fit(encrypted_files(spark, path, manifest))
         return TrainResult(model.model_file, model.passes, model.weights if model.hasWeights else None)
     if mode != "whole":
         raise ConfigError("mode must be 'whole' or 'partitioned'")
-    return _train_whole(spark, Path(path), manifest, spec, enclave.kbs_url, params, columns, label)
+    return _train_whole(spark, Path(path), manifest, spec, enclave.broker, params, columns, label)
 
 
 def mllib_estimator(algorithm: str, params: dict[str, Any], label: str) -> Any:
@@ -87,9 +88,9 @@ def _private_tmp() -> str:
     return tempfile.mkdtemp(prefix="twofold-model-", dir=base)
 
 
-def _train_whole(spark: Any, path: Path, manifest: Manifest, spec: catalog.Algorithm, kbs_url: str,
+def _train_whole(spark: Any, path: Path, manifest: Manifest, spec: catalog.Algorithm, broker: BrokerAddress,
                  params: dict[str, Any], columns: list[str], label: str) -> TrainResult:
-    frame = read_encrypted(spark, path, kbs_url, columns=[label] if label else [], features=columns,
+    frame = read_encrypted(spark, path, broker, columns=[label] if label else [], features=columns,
                            manifest=manifest).cache()
     model = mllib_estimator(spec.name, params, label).fit(frame)
     frame.unpersist()
@@ -101,13 +102,11 @@ def _train_whole(spark: Any, path: Path, manifest: Manifest, spec: catalog.Algor
             archive.add(os.path.join(tmp, "model"), arcname="model")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    dataset_id, mac_key = manifest.dataset_id, manifest.wrapped_mac_key
-    model_id = "m-" + secrets.token_hex(8)
-    sealed = seal_payload(attested_session(kbs_url), dataset_id, mac_key, model_id, spec.name, buffer.getvalue())
     passes = int(model.summary.totalIterations) if getattr(model, "hasSummary", False) and \
         hasattr(model.summary, "totalIterations") else 0
-    return TrainResult(ModelFile(spec.name, "whole", "whole", dataset_id, model_id, mac_key, columns, label, params,
-                                 sealed, payload="spark-ml-tar"), passes, None)
+    unsealed = ModelFile(spec.name, "whole", "whole", manifest.dataset_id, "m-" + secrets.token_hex(8),
+                         manifest.wrapped_mac_key, columns, label, params, b"", payload="spark-ml-tar")
+    return TrainResult(seal_model_file(attested_session(broker), unsealed, buffer.getvalue()), passes, None)
 
 
 def predict(spark: Any, model: ModelFile, path: Path, enclave: EnclaveConfig, owner: KeyWrapper) -> pa.Table:
@@ -118,21 +117,21 @@ def predict(spark: Any, model: ModelFile, path: Path, enclave: EnclaveConfig, ow
 
         stage = PartitionedModel(model).setEnclave(enclave).setManifest(manifest)
         return open_predictions(stage.transform(encrypted_files(spark, path, manifest)), owner, manifest=manifest)
-    return _predict_whole(spark, model, Path(path), enclave.kbs_url, manifest)
+    return _predict_whole(spark, model, Path(path), enclave.broker, manifest)
 
 
-def _predict_whole(spark: Any, model: ModelFile, path: Path, kbs_url: str, manifest: Manifest) -> pa.Table:
+def _predict_whole(spark: Any, model: ModelFile, path: Path, broker: BrokerAddress, manifest: Manifest) -> pa.Table:
     spec = catalog.get(model.algorithm)
     label = manifest.label or ""
     tmp = _private_tmp()
     try:
-        with tarfile.open(fileobj=io.BytesIO(model.open(attested_session(kbs_url))), mode="r") as archive:
+        with tarfile.open(fileobj=io.BytesIO(model.open(attested_session(broker))), mode="r") as archive:
             archive.extractall(tmp, filter="data")
         fitted = spec.mllib_model_class().load(os.path.join(tmp, "model"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     keep = [label] if label else []
-    out = fitted.transform(read_encrypted(spark, path, kbs_url, columns=keep, features=model.columns,
+    out = fitted.transform(read_encrypted(spark, path, broker, columns=keep, features=model.columns,
                                           manifest=manifest))
     if spec.output == "components":
         from pyspark.ml.functions import vector_to_array

@@ -31,6 +31,8 @@ class EnclaveParams(HasPredictionCol, HasInputCols):
     enclaveSocket = Param(Params._dummy(), "enclaveSocket", "Unix socket of the host's enclave",
                           typeConverter=TypeConverters.toString)
     kbsUrl = Param(Params._dummy(), "kbsUrl", "URL of the owner's key broker", typeConverter=TypeConverters.toString)
+    brokerIdentity = Param(Params._dummy(), "brokerIdentity", "the key broker's identity (JSON) as its owner issued "
+                           "it: twofold kbs identity", typeConverter=TypeConverters.toString)
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,14 +53,15 @@ class EnclaveParams(HasPredictionCol, HasInputCols):
 
     def setEnclave(self, config: EnclaveConfig) -> Any:
         """Use the enclave and key broker of ``config``."""
-        return self._set(enclaveSocket=config.socket, kbsUrl=config.kbs_url)
+        return self._set(enclaveSocket=config.socket, kbsUrl=config.kbs_url, brokerIdentity=config.broker_identity)
 
     def enclave(self) -> EnclaveConfig:
-        socket, kbs_url = (self.getOrDefault(name) if self.isDefined(name) else None
-                           for name in ("enclaveSocket", "kbsUrl"))
-        if not (socket and kbs_url):
-            raise ConfigError("set enclaveSocket and kbsUrl (the CLI's embedded default does this for you)")
-        return EnclaveConfig(socket, kbs_url)
+        socket, kbs_url, identity = (self.getOrDefault(name) if self.isDefined(name) else None
+                                     for name in ("enclaveSocket", "kbsUrl", "brokerIdentity"))
+        if not (socket and kbs_url and identity):
+            raise ConfigError("set enclaveSocket, kbsUrl and brokerIdentity, or call setEnclave (the CLI's embedded "
+                              "default does this for you)")
+        return EnclaveConfig(socket, kbs_url, identity)
 
 
 class PartitionedModel(Model, EnclaveParams):
@@ -123,10 +126,11 @@ class PartitionedModel(Model, EnclaveParams):
         sealed by its host enclave for the dataset's owner: a struct of the ``job`` and the ``sealed`` bytes."""
         model, files = self._file(), self._file_set(dataset)
         task = partitioned.Task(self.enclave(), files.path, files.dataset_id, model.algorithm, tuple(model.columns),
-                                files.manifest.label or "", model.params, "sealed", partitioned.new_job())
+                                model.label, model.params, "sealed", partitioned.new_job())
+        with_label = bool(model.label) and model.label == files.manifest.label
         sealed = partitioned.predict(files.index_rdd(dataset.sparkSession), files, task,
-                                     {"model_dataset_id": model.dataset_id, "model_mac_key": model.mac_key,
-                                      "model_id": model.model_id, "model": model.sealed})
+                                     {**model.description(), "model_id": model.model_id, "mac_key": model.mac_key,
+                                      "sealed": model.sealed}, with_label)
         schema = f"index int, `{self.getOrDefault('predictionCol')}` struct<job string, sealed binary>"
         predictions = dataset.sparkSession.createDataFrame([(i, (task.job, blob)) for i, blob in sealed], schema)
         return dataset.join(predictions, on="index", how="inner")

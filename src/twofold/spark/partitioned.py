@@ -1,8 +1,9 @@
 """The partitioned ("twofold worker") fit and predict loops.
 
 The untrusted Spark side schedules one task per encrypted file and never decrypts: each task asks its host's
-enclave for the partition's statistics (in the clear or sealed, by release policy); the driver combines them and
-updates the model (statistics) or has its enclave do it on sealed data (sealed).
+enclave for the partition's sealed statistics at the current sealed state; the driver hands them to its own
+host's enclave, which combines them and takes the optimizer step. The driver only relays sealed bytes and the
+"done" bit; with ``release="statistics"`` the enclave also releases the final model's weights.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twofold.enclave.kernels import arrays
-from twofold.enclave.kernels.base import algorithm as get_algorithm
 from twofold.errors import ConfigError, ProtocolError
 from twofold.spark.errors import translate
 from twofold.spark.host_enclave import EnclaveConfig, HostEnclave
@@ -39,6 +39,11 @@ class Task:
     release: str
     job: str
 
+    def terms(self) -> dict[str, Any]:
+        """The fit's terms, as every fit ecall takes them."""
+        return {"dataset_id": self.dataset_id, "algorithm": self.algorithm, "columns": list(self.columns),
+                "label": self.label, "params": self.params, "release": self.release, "job": self.job}
+
 
 @dataclass
 class FitResult:
@@ -58,9 +63,9 @@ def _stats_task(task: Task, iteration: int, state: bytes, indices: Iterator[int]
         if iteration == 0:
             host.ensure_partition(task.path, task.dataset_id, index)
         loaded = time.perf_counter()
-        reply = host.partition_call(task.path, task.dataset_id, index, "fit_stats", algorithm=task.algorithm,
-                                    columns=list(task.columns), label=task.label, params=task.params,
-                                    release=task.release, job=task.job, iteration=iteration, model_state=state)
+        terms = {k: v for k, v in task.terms().items() if k != "dataset_id"}
+        reply = host.partition_call(task.path, task.dataset_id, index, "fit_stats", iteration=iteration,
+                                    model_state=state, **terms)
         yield index, reply["stats"], loaded - began, time.perf_counter() - loaded
 
 
@@ -81,24 +86,18 @@ class _Driver:
         self.host.open_manifest(manifest)
 
     def call(self, name: str, **args: Any) -> dict[str, Any]:
-        t = self.task
-        return self.host.dataset_call(self.manifest, name, dataset_id=t.dataset_id, algorithm=t.algorithm, **args)
+        return self.host.dataset_call(self.manifest, name, **self.task.terms(), **args)
 
 
 def fit(index_rdd: Any, files: FileSet, task: Task, progress: Callable[[int], None] | None = None) -> FitResult:
     """Run a partitioned fit to convergence; ``index_rdd`` holds the partition indices, one per Spark partition."""
     if task.release not in ("statistics", "sealed"):
         raise ConfigError("release must be 'statistics' or 'sealed'")
-    algo = get_algorithm(task.algorithm)
     driver = _Driver(task, files.manifest.to_bytes())
     num_files = len(files.manifest.files)
-    sealed = task.release == "sealed"
     timings = dict.fromkeys(("wall", "load", "stats_ecalls", "update"), 0.0)
     began = time.perf_counter()
-    if sealed:
-        state = driver.call("fit_init", params=task.params, job=task.job, num_features=len(task.columns))["state"]
-    else:
-        state = arrays.pack(algo.init_state(task.params, len(task.columns)))
+    state = driver.call("fit_init")["state"]
     for iteration in range(MAX_PASSES):
         results = sorted(_collect(index_rdd.mapPartitions(
             lambda it, i=iteration, s=state: _stats_task(task, i, s, it))))
@@ -108,14 +107,9 @@ def fit(index_rdd: Any, files: FileSet, task: Task, progress: Callable[[int], No
         timings["load"] += sum(r[2] for r in results)
         timings["stats_ecalls"] += sum(r[3] for r in results)
         update_began = time.perf_counter()
-        if sealed:
-            reply = driver.call("fit_combine", params=task.params, job=task.job, iteration=iteration,
-                                model_state=state, stats=[r[1] for r in results], indices=indices)
-            state, done = reply["state"], reply["done"]
-        else:
-            total = arrays.combine([arrays.unpack(r[1]) for r in results])
-            updated, done = algo.update(arrays.unpack(state), total, task.params)
-            state = arrays.pack(updated)
+        reply = driver.call("fit_combine", iteration=iteration, model_state=state, stats=[r[1] for r in results],
+                            indices=indices)
+        state, done = reply["state"], reply["done"]
         timings["update"] += time.perf_counter() - update_began
         if progress:
             progress(1)
@@ -125,35 +119,32 @@ def fit(index_rdd: Any, files: FileSet, task: Task, progress: Callable[[int], No
         raise ConfigError(f"{task.algorithm} did not finish within {MAX_PASSES} passes")
     model_id = "m-" + secrets.token_hex(8)
     passes = iteration + 1
-    model = None
-    if sealed:
-        sealed_model = driver.call("fit_finalize", params=task.params, job=task.job, iteration=passes,
-                                   model_state=state, model_id=model_id)["model"]
-    else:
-        model = algo.model(arrays.unpack(state), task.params)
-        sealed_model = driver.call("seal_model", model_id=model_id, model=arrays.pack(model))["model"]
+    reply = driver.call("fit_finalize", iteration=passes, model_state=state, model_id=model_id)
+    model = arrays.unpack(reply["weights"]) if task.release == "statistics" else None
     timings["wall"] = time.perf_counter() - began
-    return FitResult(sealed_model, model_id, task.job, passes, model, timings)
+    return FitResult(reply["model"], model_id, task.job, passes, model, timings)
 
 
 def new_job() -> str:
     return "job-" + secrets.token_hex(8)
 
 
-def _predict_task(task: Task, model: dict[str, Any], indices: Iterator[int]) -> Iterator[tuple[int, bytes]]:
+def _predict_task(task: Task, model: dict[str, Any], with_label: bool,
+                  indices: Iterator[int]) -> Iterator[tuple[int, bytes]]:
     host = HostEnclave(task.config)
     for index in indices:
-        reply = host.partition_call(task.path, task.dataset_id, index, "predict", algorithm=task.algorithm,
-                                    columns=list(task.columns), label=task.label, params=task.params, job=task.job,
-                                    **model)
+        reply = host.partition_call(task.path, task.dataset_id, index, "predict", job=task.job, model=model,
+                                    with_label=with_label)
         yield index, reply["predictions"]
 
 
-def predict(index_rdd: Any, files: FileSet, task: Task, model: dict[str, Any]) -> list[tuple[int, bytes]]:
+def predict(index_rdd: Any, files: FileSet, task: Task, model: dict[str, Any],
+            with_label: bool) -> list[tuple[int, bytes]]:
     """Sealed predictions for the partitions of ``files`` (which ``index_rdd`` holds), in index order; ``model``
-    holds model_dataset_id, model_mac_key, model_id and model."""
+    holds the model file's description, model_id, mac_key and sealed weights; ``with_label`` keeps the model's
+    label column of the dataset beside them."""
     HostEnclave(task.config).open_manifest(files.manifest.to_bytes())
-    results = sorted(_collect(index_rdd.mapPartitions(lambda it: _predict_task(task, model, it))))
+    results = sorted(_collect(index_rdd.mapPartitions(lambda it: _predict_task(task, model, with_label, it))))
     if [i for i, _ in results] != sorted(files.indices):
         raise ProtocolError("the job did not produce predictions for every partition exactly once")
     return results

@@ -18,31 +18,33 @@ import pyarrow as pa
 from twofold.crypto.manifest import Manifest
 from twofold.data.tabular import EncryptedDataset, read_manifest, schema_from_b64
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
-from twofold.enclave.broker_client import BrokerSession
+from twofold.enclave.broker_client import BrokerAddress, BrokerSession
 from twofold.enclave.measure import whole_measurement
 from twofold.errors import ConfigError
 from twofold.spark.vectors import assemble_batch, assembled_schema
 
-_sessions: dict[str, BrokerSession] = {}
+_sessions: dict[BrokerAddress, BrokerSession] = {}
 _lock = threading.Lock()
 
 
-def attested_session(kbs_url: str) -> BrokerSession:
+def attested_session(broker: BrokerAddress) -> BrokerSession:
     """This process's attested key-broker session (whole measurement), created once per process.
 
     The lock only guards the table: measuring and attesting run without it, and should two threads race, the
     first session stored wins and the other is dropped (one extra attestation, no hang behind a slow broker).
     """
     with _lock:
-        session = _sessions.get(kbs_url)
+        session = _sessions.get(broker)
     if session is not None:
         return session
     measurement = whole_measurement()
     attester = SimulationAttester(load_or_create_platform_key())
-    session = BrokerSession(kbs_url, measurement, lambda nonce, pub: attester.evidence(measurement, nonce, pub))
+    session = BrokerSession(broker.url, measurement,
+                            lambda nonce, pub, config: attester.evidence(measurement, nonce, pub, config),
+                            broker.pinned())
     session.attest()
     with _lock:
-        return _sessions.setdefault(kbs_url, session)
+        return _sessions.setdefault(broker, session)
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,9 @@ class _Assembly:
     keep: list[str]
 
 
-def _decrypt_partitions(path: str, kbs_url: str, columns: list[str] | None, assembly: _Assembly | None,
+def _decrypt_partitions(path: str, broker: BrokerAddress, columns: list[str] | None, assembly: _Assembly | None,
                         batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    dataset = EncryptedDataset.open(path, attested_session(kbs_url))
+    dataset = EncryptedDataset.open(path, attested_session(broker))
     for batch in batches:
         for index in batch.column("index").to_pylist():
             for plain in dataset.read_file(int(index), columns).to_batches():
@@ -64,14 +66,15 @@ def _decrypt_partitions(path: str, kbs_url: str, columns: list[str] | None, asse
                     yield assemble_batch(plain, assembly.features, assembly.features_col, assembly.keep)
 
 
-def read_encrypted(spark: Any, path: str | Path, kbs_url: str, columns: list[str] | None = None,
+def read_encrypted(spark: Any, path: str | Path, broker: BrokerAddress, columns: list[str] | None = None,
                    features: list[str] | None = None, features_col: str = "features",
                    manifest: Manifest | None = None) -> Any:
     """A DataFrame of the dataset's plaintext, decrypted inside the executors (one partition per file).
 
-    ``columns`` selects columns (all by default). With ``features``, those columns arrive assembled into one
-    dense ``pyspark.ml`` vector column ``features_col`` (what ``VectorAssembler`` gives, built per Arrow batch
-    in the executor), followed by ``columns`` (by default every column that is not a feature). ``manifest``:
+    ``broker`` is the owner's key broker, which the executors attest to. ``columns`` selects columns (all by
+    default). With ``features``, those columns arrive assembled into one dense ``pyspark.ml`` vector column
+    ``features_col`` (what ``VectorAssembler`` gives, built per Arrow batch in the executor), followed by
+    ``columns`` (by default every column that is not a feature). ``manifest``:
     the dataset's manifest if the caller has read it already.
     """
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -93,5 +96,5 @@ def read_encrypted(spark: Any, path: str | Path, kbs_url: str, columns: list[str
     count = len(manifest.files)
     indices = spark.createDataFrame(spark.sparkContext.parallelize([(i,) for i in range(count)], max(count, 1)),
                                     "index int")  # partition i holds file i, so row order is the dataset's
-    return indices.mapInArrow(lambda batches: _decrypt_partitions(path, kbs_url, columns, assembly, batches),
+    return indices.mapInArrow(lambda batches: _decrypt_partitions(path, broker, columns, assembly, batches),
                               spark_schema)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    dataset = EncryptedTensorDataset("train.tfds", keys=DeviceKeyProvider(kbs_url), device="cuda")
+    dataset = EncryptedTensorDataset("train.tfds", keys=DeviceKeyProvider(broker), device="cuda")
     loader = EncryptedDataLoader(dataset, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0))
     for x, y in loader:          # device tensors, bit-identical to DataLoader(TensorDataset(x, y), ...) batches
         ...

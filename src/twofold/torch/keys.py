@@ -17,7 +17,7 @@ import logging
 from typing import Protocol
 
 from twofold.enclave.attester import Attester, SimulationAttester, load_or_create_platform_key
-from twofold.enclave.broker_client import BrokerSession
+from twofold.enclave.broker_client import BrokerAddress, BrokerSession
 from twofold.keys.wrapping import KeyWrapper
 from twofold.torch.measure import training_measurement
 
@@ -43,16 +43,16 @@ class KeystoreKeyProvider:
 class DeviceKeyProvider:
     """A key broker session run by the training process: attest, then have data keys released to it."""
 
-    def __init__(self, kbs_url: str, *, attester: Attester | None = None, measurement: str | None = None,
-                 ca_file: str | None = None) -> None:
+    def __init__(self, broker: BrokerAddress, *, attester: Attester | None = None,
+                 measurement: str | None = None) -> None:
         self.measurement = measurement or training_measurement()
         self._attester = attester or SimulationAttester(load_or_create_platform_key())
         if self._attester.backend == "simulation":
             log.warning("training process attests with SIMULATION evidence (no hardware memory protection)")
-        self._session = BrokerSession(kbs_url, self.measurement, self._evidence, ca_file=ca_file)
+        self._session = BrokerSession(broker.url, self.measurement, self._evidence, broker.pinned())
 
-    def _evidence(self, nonce: str, public_key_raw: bytes):
-        return self._attester.evidence(self.measurement, nonce, public_key_raw)
+    def _evidence(self, nonce: str, public_key_raw: bytes, config: str):
+        return self._attester.evidence(self.measurement, nonce, public_key_raw, config)
 
     def attest(self) -> None:
         """Attest now (otherwise the first :meth:`data_key` does); raises AttestationError if denied."""
@@ -62,12 +62,12 @@ class DeviceKeyProvider:
         return self._session.unwrap(wrapped, context)
 
 
-def as_key_provider(keys: KeyProvider | KeyWrapper | str) -> KeyProvider:
-    """A provider from a provider, a KeyWrapper (keystore, broker session) or a key broker URL."""
-    if isinstance(keys, str):
+def as_key_provider(keys: KeyProvider | KeyWrapper | BrokerAddress) -> KeyProvider:
+    """A provider from a provider, a KeyWrapper (keystore, broker session) or a key broker's address."""
+    if isinstance(keys, BrokerAddress):
         return DeviceKeyProvider(keys)
     if hasattr(keys, "data_key"):
         return keys  # type: ignore[return-value]
     if hasattr(keys, "unwrap"):
         return KeystoreKeyProvider(keys)  # type: ignore[arg-type]
-    raise TypeError("keys must be a KeyProvider, a KeyWrapper or a key broker URL")
+    raise TypeError("keys must be a KeyProvider, a KeyWrapper or a key broker's BrokerAddress")

@@ -1,7 +1,6 @@
-"""The shape every partitioned algorithm has: additive per-partition statistics and a driver-side update.
-
-The same code runs the update on the untrusted driver (``release="statistics"``) and inside the enclave
-(``release="sealed"``), so both release policies compute identical models.
+"""The shape every partitioned algorithm has: an initial state, additive per-partition statistics, and an update
+that turns their sum into the next state. Enclaves run all three (``kernels/ecalls.py``), in both release
+policies, so both compute identical models.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ def register(algorithm: Algorithm) -> Algorithm:
     return algorithm
 
 
-def algorithm(name: str) -> Algorithm:
+def find_algorithm(name: str) -> Algorithm:
     try:
         return ALGORITHMS[name]
     except KeyError:

@@ -1,31 +1,69 @@
 """Fit and predict ecalls shared by every partitioned algorithm, for both release policies.
 
-- ``release="statistics"``: per-partition statistics leave the enclave in the clear; the driver updates.
-- ``release="sealed"``: statistics and model state are sealed under the job key; combining and updating run
-  here, and the model leaves only sealed under a key that only the owner and attested enclaves can derive.
+The enclave runs the whole fit: it hands out the initial state, computes each partition's statistics at a state
+it sealed itself, combines every partition's statistics exactly once per iteration and takes the optimizer
+step. States and statistics always leave sealed under the job key, bound to the fit's terms (dataset,
+algorithm, columns, label, parameters, release), so the driver relays them but cannot choose the points where
+statistics are computed, nor vary a parameter mid-fit. What differs by release is the end:
+
+- ``release="sealed"``: only the model sealed under the model key (for the owner and attested enclaves) leaves.
+- ``release="statistics"``: the trained model also leaves in the clear, if every group of rows it was computed
+  from holds at least the owner's minimum group size.
+
+Before anything runs, the dataset's rule from the owner's policy (released, signed, with its MAC key) must allow
+the release mode, the algorithm, the columns and the parameter values.
 """
 
 from __future__ import annotations
 
+from hashlib import sha256
 from typing import Any
+
+import numpy as np
 
 from twofold.crypto import sealing
 from twofold.crypto.mac import mac_context
 from twofold.enclave.kernels import arrays
-from twofold.enclave.kernels.base import algorithm
+from twofold.enclave.kernels.base import Algorithm, find_algorithm
 from twofold.enclave.kernels.features import matrix
 from twofold.enclave.registry import ecall
-from twofold.enclave.state import EnclaveState, PartitionCache
-from twofold.errors import ConfigError, ProtocolError
+from twofold.enclave.state import EnclaveState, OpenedDataset, PartitionCache
+from twofold.errors import ConfigError, PolicyError, ProtocolError
 
 RELEASES = ("statistics", "sealed")
 _SIMPLE = (bool, int, float, str)
+_GROUP_ARRAYS = ("n", "count", "counts", "cat_weights")  # statistics that count the rows behind an aggregate
+_MIN_GROUP = "_min_group"  # the smallest group any combined statistic of this fit described (kept in the state)
+_MAX_COMBINED = 4096  # fit_combine results remembered (per enclave) to answer a repeated call identically
+
+_FIT = {"dataset_id": str, "algorithm": str, "columns": list, "label": str, "params": dict, "release": str,
+        "job": str}
 
 
-def _check_params(params: dict[str, Any]) -> dict[str, Any]:
-    if not all(isinstance(k, str) and isinstance(v, _SIMPLE) for k, v in params.items()):
-        raise ProtocolError("algorithm parameters must be simple values")
-    return params
+class _Fit:
+    """One fit's checked terms, its dataset and its job key."""
+
+    def __init__(self, state: EnclaveState, dataset_id: str, algorithm: str, columns: list, label: str,
+                 params: dict, release: str, job: str) -> None:
+        if release not in RELEASES:
+            raise ConfigError(f"release must be one of {RELEASES}")
+        if not all(isinstance(c, str) for c in columns) or not all(
+                isinstance(k, str) and isinstance(v, _SIMPLE) for k, v in params.items()):
+            raise ProtocolError("columns must be names and algorithm parameters simple values")
+        self.algo: Algorithm = find_algorithm(algorithm)
+        self.opened: OpenedDataset = state.dataset(dataset_id)
+        self.label = label if self.algo.uses_label else ""
+        self.columns, self.params, self.release, self.job = list(columns), params, release, job
+        self.opened.rule.check(release, self.algo.name, [*self.columns, self.label], params)
+        self.terms = sealing.job_terms(dataset_id, self.algo.name, self.columns, self.label, params, release)
+        self.key = sealing.job_key(self.opened.mac_key, job)
+
+    def seal_state(self, current: arrays.Arrays, iteration: int) -> bytes:
+        return sealing.seal(self.key, arrays.pack(current), sealing.state_aad(self.job, self.terms, iteration))
+
+    def open_state(self, blob: bytes, iteration: int) -> arrays.Arrays:
+        """A state this enclave sealed for this fit and iteration; anything else is the opaque IntegrityError."""
+        return arrays.unpack(sealing.open_(self.key, blob, sealing.state_aad(self.job, self.terms, iteration)))
 
 
 def _features(state: EnclaveState, dataset_id: str, index: int, columns: list[str], label: str):
@@ -42,101 +80,125 @@ def _features(state: EnclaveState, dataset_id: str, index: int, columns: list[st
     return cached
 
 
-def _job_key(state: EnclaveState, dataset_id: str, job: str) -> bytes:
-    return sealing.job_key(state.dataset(dataset_id).mac_key, job)
+def _smallest_group(total: arrays.Arrays, num_rows: int) -> float:
+    """The fewest rows behind any aggregate of a combined statistic (all rows if it counts none)."""
+    counts = np.concatenate([np.ravel(total[name]) for name in _GROUP_ARRAYS if name in total] or [np.zeros(0)])
+    positive = counts[counts > 0]
+    return float(positive.min()) if positive.size else float(num_rows)
 
 
-def _release(release: str) -> str:
-    if release not in RELEASES:
-        raise ConfigError(f"release must be one of {RELEASES}")
-    return release
+@ecall("fit_init", args=_FIT, result={"state": bytes})
+def fit_init(state: EnclaveState, **fit: Any) -> dict[str, Any]:
+    """The fit's initial state, sealed for iteration 0."""
+    job = _Fit(state, **fit)
+    initial = {**job.algo.init_state(job.params, len(job.columns)), _MIN_GROUP: np.array([np.inf])}
+    return {"state": job.seal_state(initial, 0)}
 
 
-@ecall("fit_stats", args={"dataset_id": str, "index": int, "algorithm": str, "columns": list, "label": str,
-                          "params": dict, "release": str, "job": str, "iteration": int, "model_state": bytes},
-       result={"stats": bytes})
-def fit_stats(state: EnclaveState, dataset_id: str, index: int, algorithm: str, columns: list, label: str,
-              params: dict, release: str, job: str, iteration: int, model_state: bytes) -> dict[str, Any]:
-    """One partition's statistics for the current model state."""
-    algo, sealed = _algorithm(algorithm), _release(release) == "sealed"
-    key = _job_key(state, dataset_id, job) if sealed else b""
-    opened_state = sealing.open_(key, model_state, sealing.state_aad(job, iteration)) if sealed else model_state
-    current = arrays.unpack(opened_state)
-    X, y = _features(state, dataset_id, index, columns, label if algo.uses_label else "")
-    stats = arrays.pack(algo.stats(X, y, current, _check_params(params), index))
-    return {"stats": sealing.seal(key, stats, sealing.stats_aad(job, iteration, index)) if sealed else stats}
+@ecall("fit_stats", args={**_FIT, "index": int, "iteration": int, "model_state": bytes}, result={"stats": bytes})
+def fit_stats(state: EnclaveState, index: int, iteration: int, model_state: bytes, **fit: Any) -> dict[str, Any]:
+    """One partition's statistics at a state this enclave sealed for this fit, sealed for fit_combine."""
+    job = _Fit(state, **fit)
+    current = job.open_state(model_state, iteration)
+    X, y = _features(state, job.opened.dataset_id, index, job.columns, job.label)
+    stats = arrays.pack(job.algo.stats(X, y, current, job.params, index))
+    return {"stats": sealing.seal(job.key, stats, sealing.stats_aad(job.job, job.terms, iteration, index))}
 
 
-def _algorithm(name: str):
-    return algorithm(name)
-
-
-@ecall("fit_init", args={"dataset_id": str, "algorithm": str, "params": dict, "job": str, "num_features": int},
-       result={"state": bytes})
-def fit_init(state: EnclaveState, dataset_id: str, algorithm: str, params: dict, job: str,
-             num_features: int) -> dict[str, Any]:
-    """A sealed initial state (sealed release)."""
-    initial = _algorithm(algorithm).init_state(_check_params(params), num_features)
-    return {"state": sealing.seal(_job_key(state, dataset_id, job), arrays.pack(initial), sealing.state_aad(job, 0))}
-
-
-@ecall("fit_combine", args={"dataset_id": str, "algorithm": str, "params": dict, "job": str, "iteration": int,
-                            "model_state": bytes, "stats": list, "indices": list},
+@ecall("fit_combine", args={**_FIT, "iteration": int, "model_state": bytes, "stats": list, "indices": list},
        result={"state": bytes, "done": bool})
-def fit_combine(state: EnclaveState, dataset_id: str, algorithm: str, params: dict, job: str, iteration: int,
-                model_state: bytes, stats: list, indices: list) -> dict[str, Any]:
-    """Combine sealed statistics of every partition, exactly once each, and take one optimizer step."""
-    expected = list(range(len(state.dataset(dataset_id).manifest.files)))
-    if sorted(indices) != expected or len(stats) != len(indices):
+def fit_combine(state: EnclaveState, iteration: int, model_state: bytes, stats: list, indices: list,
+                **fit: Any) -> dict[str, Any]:
+    """Combine sealed statistics of every partition, exactly once each, and take one optimizer step.
+
+    Each (job, iteration) is combined once: a repeated call with the same inputs gets the same answer (a retry
+    after a lost reply), a call with other inputs is refused.
+    """
+    job = _Fit(state, **fit)
+    expected = list(range(len(job.opened.manifest.files)))
+    if sorted(indices) != expected or len(stats) != len(indices) or not all(isinstance(b, bytes) for b in stats):
         raise ProtocolError("statistics must cover every partition of the dataset exactly once")
-    key = _job_key(state, dataset_id, job)
-    current = arrays.unpack(sealing.open_(key, model_state, sealing.state_aad(job, iteration)))
-    parts = [arrays.unpack(sealing.open_(key, blob, sealing.stats_aad(job, iteration, index)))
+    inputs = sha256(b"".join(sha256(b).digest() for b in [model_state, *stats])).hexdigest() + repr(indices)
+    key = (f"{job.job}|{job.terms}", iteration)
+    with state.lock:
+        seen = state.combined.get(key)
+    if seen is not None:
+        if seen[0] != inputs:
+            raise ProtocolError(f"iteration {iteration} of this fit was already combined from other inputs")
+        return seen[1]
+    current = job.open_state(model_state, iteration)
+    parts = [arrays.unpack(sealing.open_(job.key, blob, sealing.stats_aad(job.job, job.terms, iteration, index)))
              for index, blob in sorted(zip(indices, stats, strict=True))]
-    updated, done = _algorithm(algorithm).update(current, arrays.combine(parts), _check_params(params))
-    return {"state": sealing.seal(key, arrays.pack(updated), sealing.state_aad(job, iteration + 1)), "done": bool(done)}
+    total = arrays.combine(parts)
+    updated, done = job.algo.update(current, total, job.params)
+    smallest = min(float(current[_MIN_GROUP][0]), _smallest_group(total, job.opened.manifest.num_rows))
+    reply = {"state": job.seal_state({**updated, _MIN_GROUP: np.array([smallest])}, iteration + 1),
+             "done": bool(done)}
+    with state.lock:
+        state.combined.setdefault(key, (inputs, reply))
+        while len(state.combined) > _MAX_COMBINED:
+            del state.combined[next(iter(state.combined))]
+        return state.combined[key][1]
 
 
-@ecall("fit_finalize", args={"dataset_id": str, "algorithm": str, "params": dict, "job": str, "iteration": int,
-                             "model_state": bytes, "model_id": str},
-       result={"model": bytes})
-def fit_finalize(state: EnclaveState, dataset_id: str, algorithm: str, params: dict, job: str, iteration: int,
-                 model_state: bytes, model_id: str) -> dict[str, Any]:
-    """The trained model, sealed under the model key (sealed release)."""
-    opened = state.dataset(dataset_id)
-    key = sealing.job_key(opened.mac_key, job)
-    current = arrays.unpack(sealing.open_(key, model_state, sealing.state_aad(job, iteration)))
-    model = arrays.pack(_algorithm(algorithm).model(current, _check_params(params)))
-    model_key = sealing.model_key(opened.mac_key, model_id)
-    return {"model": sealing.seal(model_key, model, sealing.model_aad(model_id, algorithm))}
+@ecall("fit_finalize", args={**_FIT, "iteration": int, "model_state": bytes, "model_id": str},
+       result={"model": bytes, "weights": bytes})
+def fit_finalize(state: EnclaveState, iteration: int, model_state: bytes, model_id: str,
+                 **fit: Any) -> dict[str, Any]:
+    """The trained model sealed under the model key, bound to its description and this fit's transcript; with
+    ``release="statistics"`` also its weights in the clear, if every group behind them is large enough."""
+    job = _Fit(state, **fit)
+    current = job.open_state(model_state, iteration)
+    model = arrays.pack(job.algo.model(current, job.params))
+    description = _description(job.algo.name, job.release, job.opened.dataset_id, job.columns, job.label,
+                               job.params, job.job, iteration)
+    sealed = sealing.seal(sealing.model_key(job.opened.mac_key, model_id), model,
+                          sealing.model_aad(model_id, description))
+    if job.release == "sealed":
+        return {"model": sealed, "weights": b""}
+    smallest, needed = float(current[_MIN_GROUP][0]), job.opened.rule.min_group_size
+    if smallest < needed:
+        raise PolicyError(f"the model describes a group of fewer than {needed} rows, the owner's minimum for a "
+                          "statistics release; train with release='sealed' or change the parameters")
+    return {"model": sealed, "weights": model}
 
 
-@ecall("seal_model", args={"dataset_id": str, "algorithm": str, "model_id": str, "model": bytes},
-       result={"model": bytes})
-def seal_model(state: EnclaveState, dataset_id: str, algorithm: str, model_id: str, model: bytes) -> dict[str, Any]:
-    """Seal a model the driver computed (statistics release) for storage."""
-    arrays.unpack(model)  # must be a well-formed bundle
-    key = sealing.model_key(state.dataset(dataset_id).mac_key, model_id)
-    return {"model": sealing.seal(key, model, sealing.model_aad(model_id, _algorithm(algorithm).name))}
+def _description(algorithm_name: str, release: str, dataset_id: str, columns: list[str], label: str,
+                 params: dict[str, Any], job: str, passes: int) -> dict[str, Any]:
+    """A partitioned model's description (the fields of ``twofold.data.models.model_description``)."""
+    return {"algorithm": algorithm_name, "mode": "partitioned", "release": release, "dataset_id": dataset_id,
+            "columns": list(columns), "label": label, "params": params, "job": job, "passes": passes}
 
 
-@ecall("predict", args={"dataset_id": str, "index": int, "algorithm": str, "columns": list, "label": str,
-                        "params": dict, "job": str, "model_dataset_id": str, "model_mac_key": str,
-                        "model_id": str, "model": bytes},
+@ecall("predict", args={"dataset_id": str, "index": int, "job": str, "model": dict, "with_label": bool},
        result={"predictions": bytes})
-def predict(state: EnclaveState, dataset_id: str, index: int, algorithm: str, columns: list, label: str,
-            params: dict, job: str, model_dataset_id: str, model_mac_key: str, model_id: str,
-            model: bytes) -> dict[str, Any]:
-    """Predictions for one partition, sealed under the job key of the dataset (for its owner)."""
-    algo = _algorithm(algorithm)
-    mac_key = state.broker.unwrap(model_mac_key, mac_context(model_dataset_id))
-    key = sealing.model_key(mac_key, model_id)
-    weights = arrays.unpack(sealing.open_(key, model, sealing.model_aad(model_id, algo.name)))
-    X, y = _features(state, dataset_id, index, columns, label)
-    out = {"prediction": algo.predict(weights, X, _check_params(params))}
+def predict(state: EnclaveState, dataset_id: str, index: int, job: str, model: dict,
+            with_label: bool) -> dict[str, Any]:
+    """Predictions for one partition with the model's own features, sealed under the dataset's job key.
+
+    ``model`` is the model file's description, id, wrapped MAC key and sealed weights; the description is the
+    sealed model's associated data, so a caller cannot make the enclave use other columns or another label.
+    ``with_label`` adds the partition's values of the model's label (for evaluation by the owner).
+    """
+    try:
+        description = {name: model[name] for name in ("algorithm", "mode", "release", "dataset_id", "columns",
+                                                      "label", "params", "job", "passes")}
+        model_id, wrapped, blob = str(model["model_id"]), str(model["mac_key"]), model["sealed"]
+        columns, label = [str(c) for c in description["columns"]], str(description["label"])
+        if not isinstance(blob, bytes) or not isinstance(description["params"], dict):
+            raise TypeError("model")
+    except (KeyError, TypeError):
+        raise ProtocolError("predict needs the model file's description, id, wrapped MAC key and sealed "
+                            "weights") from None
+    algo = find_algorithm(str(description["algorithm"]))
+    opened = state.dataset(dataset_id)
+    opened.rule.check(None, algo.name, [*columns, label if with_label else ""], {})
+    mac_key = state.broker.unwrap(wrapped, mac_context(str(description["dataset_id"])))
+    weights = arrays.unpack(sealing.open_(sealing.model_key(mac_key, model_id), blob,
+                                          sealing.model_aad(model_id, description)))
+    X, y = _features(state, dataset_id, index, columns, label if with_label else "")
+    out = {"prediction": algo.predict(weights, X, description["params"])}
     if y is not None:
         out["label"] = y
-    sealed = sealing.seal(_job_key(state, dataset_id, job), arrays.pack(out), sealing.predictions_aad(job, index))
+    sealed = sealing.seal(sealing.job_key(opened.mac_key, job), arrays.pack(out), sealing.predictions_aad(job, index))
     return {"predictions": sealed}
-
-
