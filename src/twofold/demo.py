@@ -121,7 +121,7 @@ def _with_services(root: Path, state: dict[str, Any], narrator: Narrator, he_key
         extra.append(training_measurement())
         datasets += [state["tensors"]["train_id"], state["tensors"]["test_id"]]
     began = time.perf_counter()
-    with job_services(datasets, mode="partitioned", keystore_dir=state["store"].directory,
+    with job_services(datasets, mode="partitioned", release="sealed", keystore_dir=state["store"].directory,
                       passphrase=DEMO_PASSPHRASE, extra_measurements=extra) as services:
         state["services"] = services
         narrator.step("Key broker and enclave started", lambda: (

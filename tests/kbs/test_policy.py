@@ -17,10 +17,11 @@ def _v2(**extra) -> dict:
             "measurements": {DIGEST: {"name": "t", "datasets": ["ds-1"], "expires": None}}, **extra}
 
 
-def test_version_1_files_are_read_with_every_mode_allowed():
+def test_version_1_files_are_read_and_release_sealed_results_only():
     policy = parse_policy({"version": 1, "allow_simulation": True, "measurements": {}})
     assert policy.backends == ("simulation",) and policy.accepts_backend("simulation")
-    assert policy.dataset_rule("ds-x").allows_release("statistics")
+    assert policy.dataset_rule("ds-x").allows_release("sealed")
+    assert not policy.dataset_rule("ds-x").allows_release("statistics")  # fails closed: nothing in the clear
 
 
 def test_version_2_round_trips_through_a_file(tmp_path):
@@ -76,4 +77,9 @@ def test_dataset_rules_round_trip_and_check_jobs():
                                                 ("sealed", "logreg", ["age"], {"maxIter": 51})):
         with pytest.raises(PolicyError):
             parsed.check(release, algorithm, columns, params)
-    assert policy.dataset_rule("ds-other").min_group_size == 10  # no rule: every use, the default group size
+    other = policy.dataset_rule("ds-other")  # no rule: sealed results only, any algorithm and column
+    assert other.release == ("sealed",) and other.min_group_size == 10 and other.algorithms is None
+    bounded = parse_policy({**_v2(), "datasets": {"*": {"params": {"k": [0, 2**53]}}}}).dataset_rule("ds-1")
+    for value in (2**53 + 1, True, "3"):  # exact integer bounds; a bool or a string is not a number here
+        with pytest.raises(PolicyError):
+            bounded.check("sealed", "kmeans", [], {"k": value})

@@ -108,7 +108,7 @@ def _stalled_load(call: Callable[..., dict], dataset: EncryptedDataset, storage:
 def _kmeans_args(call: Callable[..., dict], dataset: EncryptedDataset, k: int) -> dict[str, Any]:
     """The arguments of a k-means fit_stats ecall, at the initial state the enclave seals for the fit."""
     terms = {"dataset_id": dataset.dataset_id, "algorithm": "kmeans", "columns": ["x0", "x1"], "label": "",
-             "params": {"k": k, "seed": 1}, "release": "statistics", "job": "job-deadlines"}
+             "params": {"k": k, "seed": 1}, "release": "sealed", "job": "job-deadlines"}
     return {**terms, "index": 0, "iteration": 0, "model_state": call("fit_init", **terms)["state"]}
 
 

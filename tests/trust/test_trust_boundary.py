@@ -195,6 +195,12 @@ def test_fit_parameters_are_bound_and_combine_is_single_use(ruled):
         client.call("fit_combine", **_terms(dataset, params={"maxIter": 3, "tol": 0.5}), **step)
     with pytest.raises(ProtocolError, match="already combined"):
         client.call("fit_combine", **terms, **{**step, "stats": list(reversed(step["stats"]))})
+    with pytest.raises(ProtocolError, match="converged"):  # no model from a fit that has not finished
+        client.call("fit_finalize", **terms, iteration=1, model_state=first["state"], model_id="m-early")
+    second = client.call("fit_combine", **terms, **_one_pass(client, terms, first["state"], 1))
+    with pytest.raises(ProtocolError, match="already combined"):  # an earlier pass, once a later one is done
+        client.call("fit_combine", **terms, **step)
+    assert second["state"] != first["state"]
 
 
 def test_sealed_model_only_predicts_with_its_own_label_and_features(ruled, keystore):

@@ -73,7 +73,8 @@ def train(dataset: Path, out: Path, algorithm: str, mode: str, release: str, key
         raise ConfigError("pass --keystore (embedded key broker) or --kbs URL")
     _, passphrase = _owner(keystore_dir) if kbs_url is None else (None, None)
     started = time.perf_counter()
-    with job_services([str(dataset)], mode=mode, keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url,
+    with job_services([str(dataset)], mode=mode, release=release if mode == "partitioned" else None,
+                      keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url,
                       broker_identity=broker_identity) as services:
         info(f"enclave: SIMULATION backend; key broker {services.kbs_url}")
         spark = get_spark(master, quiet=not debug_requested(), whole_mode=mode == "whole")
@@ -110,8 +111,8 @@ def predict(model_path: Path, dataset: Path, out: Path, keystore_dir: Path, kbs_
     if out.exists():
         raise ConfigError(f"output {out} already exists; choose a new directory")
     needed = [str(dataset), model.dataset_id]
-    with job_services(needed, mode=model.mode, keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url,
-                      broker_identity=broker_identity) as services:
+    with job_services(needed, mode=model.mode, release="sealed", keystore_dir=keystore_dir, passphrase=passphrase,
+                      kbs_url=kbs_url, broker_identity=broker_identity) as services:
         spark = get_spark(master, quiet=not debug_requested(), whole_mode=model.mode == "whole")
         with progress_bar("predicting", None, "partitions"):
             table = jobs.predict(spark, model, dataset, services.enclave, owner)

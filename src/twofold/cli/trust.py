@@ -182,12 +182,15 @@ def policy() -> None:
 @click.option("--platform-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Trust this machine's simulated platform key (default location if omitted).")
 @click.option("--expires", default=None, help="ISO 8601 expiry of the grant.")
+@click.option("--release", "releases", multiple=True, type=click.Choice(["sealed", "statistics"]),
+              default=("sealed",), show_default=True,
+              help="What may leave the enclave: sealed results only, or also the trained model (repeatable).")
 def policy_init(out: Path, datasets: tuple[str, ...], measurement: str, allow_simulation: bool,
-                platform_key: Path | None, expires: str | None) -> None:
+                platform_key: Path | None, expires: str | None, releases: tuple[str, ...]) -> None:
     """Write a policy that lets one measurement open the given datasets."""
     from twofold.kbs.authoring import write_policy
 
-    write_policy(out, datasets, measurement, allow_simulation, platform_key, expires)
+    write_policy(out, datasets, measurement, allow_simulation, platform_key, expires, release=releases)
     info(f"wrote policy {out}")
 
 

@@ -46,6 +46,8 @@ def load_partition_from(state: EnclaveState, dataset_id: str, index: int, direct
 
 @ecall("close_dataset", args={"dataset_id": str}, result={"evicted": int})
 def close_dataset(state: EnclaveState, dataset_id: str) -> dict[str, Any]:
-    """Forget a dataset and drop its plaintext from the cache."""
+    """Forget a dataset and drop its plaintext (partitions and derived feature matrices) from memory."""
     state.datasets.pop(dataset_id, None)
+    if state.derived is not None:
+        state.derived.drop(dataset_id)
     return {"evicted": state.cache.drop(dataset_id)}

@@ -43,7 +43,7 @@ class EnclaveState:
     derived: PartitionCache | None = None  # kernel working sets (feature matrices), same budget as the cache
     lock: threading.Lock = field(default_factory=threading.Lock)
     measured: frozenset[Path] = frozenset()  # the files of the measurement: the only twofold code allowed to load
-    combined: dict[tuple[str, int], tuple[str, dict[str, Any]]] = field(default_factory=dict)  # see fit_combine
+    combined: dict[str, tuple[int, str, dict[str, Any]]] = field(default_factory=dict)  # see fit_combine
 
     def open_dataset(self, manifest_bytes: bytes) -> OpenedDataset:
         manifest = Manifest.from_bytes(manifest_bytes)
@@ -52,7 +52,12 @@ class EnclaveState:
         opened = OpenedDataset(manifest.authenticate(mac_key), PmeSession(self.broker, manifest.dataset_id), mac_key,
                                rule)
         with self.lock:
+            previous = self.datasets.get(manifest.dataset_id)
             self.datasets[manifest.dataset_id] = opened
+        if previous is not None and previous.manifest.mac != manifest.mac:  # another version: drop the old one
+            self.cache.drop(manifest.dataset_id)
+            if self.derived is not None:
+                self.derived.drop(manifest.dataset_id)
         return opened
 
     def dataset(self, dataset_id: str) -> OpenedDataset:

@@ -28,16 +28,19 @@ def resolve_measurements(measurement: str) -> list[str]:
 
 
 def write_policy(out: Path, datasets: Sequence[str], measurement: str = "current", allow_simulation: bool = True,
-                 platform_key: Path | None = None, expires: str | None = None) -> Policy:
-    """A policy letting ``measurement`` (default: this installation's TCB) open ``datasets``."""
+                 platform_key: Path | None = None, expires: str | None = None,
+                 release: Sequence[str] = ("sealed",)) -> Policy:
+    """A policy letting ``measurement`` (default: this installation's TCB) open ``datasets``, releasing results
+    as ``release`` allows (default: sealed for the owner only)."""
     platform = load_or_create_platform_key(platform_key).public_key().public_bytes_raw()
     rule = {"name": "twofold enclave", "datasets": [dataset_id_of(d) for d in datasets], "expires": expires}
     policy = parse_policy({
-        "version": 2,
+        "version": 3,
         "backends": ["simulation"],
         "allow_simulation": allow_simulation,
         "simulation_platform_keys": [base64.b64encode(platform).decode()],
         "measurements": {m: rule for m in resolve_measurements(measurement)},
+        "datasets": {"*": {"release": list(release)}},
     })
     policy.save(out)
     return policy

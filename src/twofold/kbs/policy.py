@@ -24,8 +24,8 @@ Policy files are JSON, version 3 (versions 1 and 2, with fewer dataset-rule fiel
 ``allow_simulation``). ``datasets`` says, per dataset id (or ``*``), which release modes are allowed
 (``sealed``: results only the owner can open; ``statistics``: the trained model released to the caller), which
 algorithms, columns and parameter ranges a job may use, the smallest group a released result may describe, and
-an optional privacy budget (see :class:`DatasetRule`); a dataset without an entry allows every mode, algorithm and
-column with the default minimum group size. The broker sends the rule, signed, with the dataset's MAC key, and
+an optional privacy budget (see :class:`DatasetRule`); a dataset without an entry (and no ``*`` entry) gets
+sealed results only, with any algorithm and column. The broker sends the rule, signed, with the dataset's MAC key, and
 the enclave enforces it. Unknown keys are refused, so a misspelt field never silently weakens a policy.
 """
 
@@ -100,7 +100,8 @@ class DatasetRule:
             raise PolicyError(f"the owner's policy does not allow column(s) {', '.join(outside)} of this dataset")
         for name, (low, high) in self.params.items():
             value = params.get(name)
-            if value is not None and not (isinstance(value, (int, float)) and low <= float(value) <= high):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not (number and low <= value <= high):  # exact for ints (no float rounding)
                 raise PolicyError(f"parameter {name} is outside the range [{low:g}, {high:g}] the owner allows")
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +127,9 @@ class DatasetRule:
         return cls(release, _budget(rule.get("budget"), name), _names(rule.get("algorithms"), name, "algorithms"),
                    _names(rule.get("columns"), name, "columns"), _ranges(rule.get("params", {}), name),
                    _group(rule.get("min_group_size", DEFAULT_MIN_GROUP), name))
+
+
+SEALED_ONLY = DatasetRule(release=("sealed",))
 
 
 def _budget(raw: Any, name: str) -> Budget | None:
@@ -178,8 +182,9 @@ class Policy:
         return backend in self.backends and (backend != "simulation" or self.allow_simulation)
 
     def dataset_rule(self, dataset_id: str) -> DatasetRule:
-        """What may leave the enclave for ``dataset_id`` (its own entry, else ``*``'s, else everything)."""
-        return self.datasets.get(dataset_id) or self.datasets.get("*") or DatasetRule()
+        """What may leave the enclave for ``dataset_id``: its own entry, else ``*``'s, else sealed results only
+        (a policy that says nothing about a dataset releases nothing in the clear)."""
+        return self.datasets.get(dataset_id) or self.datasets.get("*") or SEALED_ONLY
 
     def rule_for(self, measurement: str, now: float) -> MeasurementRule:
         rule = self.measurements.get(measurement)

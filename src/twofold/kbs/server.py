@@ -3,7 +3,8 @@
 The broker serves only enclaves whose evidence names its own identity (``config``), signs every grant and
 release with the keystore's broker key, and releases the keys of a request only if every one of them is allowed
 (then audits them all as granted; otherwise one denial). Malformed (400), unauthenticated (401) and slow (408)
-requests are audited too; 429s are not, so a flood does not turn into disk writes.
+requests are audited too, up to a rate per address (beyond it they are only counted); 429s are not audited, so a
+flood does not turn into disk writes.
 
 Every table is bounded and every client is limited (habit 14). An address (an IPv4 address, or an IPv6 /64)
 gets a token bucket for ``/v1/auth`` (429 with ``Retry-After`` when empty) and at most ``max_pending_per_address``
@@ -44,6 +45,7 @@ log = logging.getLogger("twofold.kbs")
 MAX_BODY = 1 << 20
 MAX_ITEMS = 4096
 _AUDITED_REJECTIONS = (400, 401, 408)
+_REJECTION_AUDIT_BURST, _REJECTION_AUDIT_RATE = 100, 10.0  # audited rejections per address: burst, then per second
 
 
 @dataclass(frozen=True)
@@ -213,8 +215,10 @@ class KeyBroker:
         self._buckets = TokenBuckets(self.limits.auth_burst, self.limits.auth_rate, self.limits.max_addresses)
         self._challenges = ChallengeTable(self.limits.max_pending, self.limits.max_pending_per_address)
         self._grants = GrantTable(self.limits.max_grants)
+        self._rejection_audit = TokenBuckets(_REJECTION_AUDIT_BURST, _REJECTION_AUDIT_RATE, self.limits.max_addresses)
         self.in_flight = 0
         self.rate_limited = 0
+        self.rejections_not_audited = 0
 
     # -- middleware -----------------------------------------------------------------------------------------
 
@@ -236,8 +240,11 @@ class KeyBroker:
             return await handler(request)
         except _Denied as denied:
             if denied.status in _AUDITED_REJECTIONS:
-                self.audit.record("deny", request.path.rsplit("/", 1)[-1], peer=request.remote or "",
-                                  status=denied.status, reason=denied.reason)
+                if self._rejection_audit.take(client_address(request.remote), time.monotonic()) > 0:
+                    self.rejections_not_audited += 1  # a flood is counted, not written
+                else:
+                    self.audit.record("deny", request.path.rsplit("/", 1)[-1], peer=request.remote or "",
+                                      status=denied.status, reason=denied.reason)
             raise
 
     # -- handlers -------------------------------------------------------------------------------------------
@@ -249,7 +256,8 @@ class KeyBroker:
                                   "pending_challenges_heaviest_address": self._challenges.heaviest(),
                                   "pending_per_address_cap": self.limits.max_pending_per_address,
                                   "grants": len(self._grants), "in_flight": self.in_flight,
-                                  "rate_limited": self.rate_limited})
+                                  "rate_limited": self.rate_limited,
+                                  "rejections_not_audited": self.rejections_not_audited})
 
     async def auth(self, request: web.Request) -> web.Response:
         address = client_address(request.remote)

@@ -34,15 +34,17 @@ class JobServices:
 
 
 @contextlib.contextmanager
-def job_services(datasets: Sequence[str], *, mode: str = "partitioned", keystore_dir: Path | None = None,
-                 passphrase: str | None = None, kbs_url: str | None = None, broker_identity: Path | None = None,
-                 cache_mib: int = 4096, extra_measurements: Sequence[str] = ()) -> Iterator[JobServices]:
+def job_services(datasets: Sequence[str], *, mode: str = "partitioned", release: str | None = None,
+                 keystore_dir: Path | None = None, passphrase: str | None = None, kbs_url: str | None = None,
+                 broker_identity: Path | None = None, cache_mib: int = 4096,
+                 extra_measurements: Sequence[str] = ()) -> Iterator[JobServices]:
     """Start (or reach) a key broker and this host's enclave for a job over ``datasets`` in ``mode``.
 
     With ``kbs_url`` the owner's running broker is used, with the identity she issued for it
     (``broker_identity``); otherwise one is embedded on loopback from the owner's keystore, with a policy that
     lets only the code of ``mode`` (the partitioned TCB, or whole mode's executor code; ``both`` for a session
-    that runs both) open the datasets.
+    that runs both) open the datasets, and only the ``release`` of the job leave the enclave (``sealed`` or
+    ``statistics``; None: both, for a session that runs either).
     """
     if mode not in ("partitioned", "whole", "both"):
         raise ConfigError("mode must be 'partitioned', 'whole' or 'both'")
@@ -55,7 +57,8 @@ def job_services(datasets: Sequence[str], *, mode: str = "partitioned", keystore
                 raise ValueError("an embedded key broker needs the owner's keystore and passphrase")
             measurements = {"partitioned": "current", "whole": "whole", "both": "both"}[mode]
             allowed = ",".join([*resolve_measurements(measurements), *extra_measurements])
-            write_policy(root / "policy.json", list(datasets), allowed)
+            releases = [release] if release else ["sealed", "statistics"]
+            write_policy(root / "policy.json", list(datasets), allowed, release=releases)
             identity = Keystore.open(keystore_dir, passphrase).broker_identity()
             kbs = start_kbs(keystore_dir, root / "policy.json", root / "kbs-audit.jsonl",
                             env={PASSPHRASE_ENV: passphrase}, log_path=root / "kbs.log")

@@ -74,8 +74,7 @@ class KMeans:
             rng = np.random.default_rng(int(params.get("seed", 0)) & 0xFFFFFFFF)
             points, weights = total["cat_centers"], total["cat_weights"]
             if (weights > 0).sum() < k:
-                raise ConfigError(f"k-means: only {int((weights > 0).sum())} seed groups of >= {MIN_GROUP} rows "
-                                  f"for k={k}; use fewer clusters")
+                raise ConfigError(f"k-means: fewer than k={k} seed groups of >= {MIN_GROUP} rows; use fewer clusters")
             centers, _ = _lloyd(points, weights, _plus_plus(points, weights, k, rng), 20)
             return with_phase(state, 1, centers=centers), False
         if current == 2:

@@ -16,6 +16,7 @@ the release mode, the algorithm, the columns and the parameter values.
 
 from __future__ import annotations
 
+import json
 from hashlib import sha256
 from typing import Any
 
@@ -34,7 +35,8 @@ RELEASES = ("statistics", "sealed")
 _SIMPLE = (bool, int, float, str)
 _GROUP_ARRAYS = ("n", "count", "counts", "cat_weights")  # statistics that count the rows behind an aggregate
 _MIN_GROUP = "_min_group"  # the smallest group any combined statistic of this fit described (kept in the state)
-_MAX_COMBINED = 4096  # fit_combine results remembered (per enclave) to answer a repeated call identically
+_DONE = "_done"  # 1 once the fit converged: only such a state may be finalized
+_MAX_JOBS = 256  # fits whose last combine is remembered (per enclave), to answer a repeated call identically
 
 _FIT = {"dataset_id": str, "algorithm": str, "columns": list, "label": str, "params": dict, "release": str,
         "job": str}
@@ -55,7 +57,11 @@ class _Fit:
         self.label = label if self.algo.uses_label else ""
         self.columns, self.params, self.release, self.job = list(columns), params, release, job
         self.opened.rule.check(release, self.algo.name, [*self.columns, self.label], params)
-        self.terms = sealing.job_terms(dataset_id, self.algo.name, self.columns, self.label, params, release)
+        if len(set(self.columns)) != len(self.columns):
+            raise ProtocolError("feature columns must be distinct")
+        # the manifest's MAC names this exact dataset version: a fit cannot mix versions that share an id
+        self.terms = sealing.job_terms(f"{dataset_id}|{self.opened.manifest.mac}", self.algo.name, self.columns,
+                                       self.label, params, release)
         self.key = sealing.job_key(self.opened.mac_key, job)
 
     def seal_state(self, current: arrays.Arrays, iteration: int) -> bytes:
@@ -71,7 +77,7 @@ def _features(state: EnclaveState, dataset_id: str, index: int, columns: list[st
         with state.lock:
             if state.derived is None:
                 state.derived = PartitionCache(state.cache.max_bytes)
-    key = (dataset_id, f"{index}|{','.join(columns)}|{label}")
+    key = (dataset_id, json.dumps([index, list(columns), label]))
     cached = state.derived.get(key)
     if cached is None:
         X, y = matrix(state.partition(dataset_id, index), list(columns), label or None)
@@ -91,7 +97,8 @@ def _smallest_group(total: arrays.Arrays, num_rows: int) -> float:
 def fit_init(state: EnclaveState, **fit: Any) -> dict[str, Any]:
     """The fit's initial state, sealed for iteration 0."""
     job = _Fit(state, **fit)
-    initial = {**job.algo.init_state(job.params, len(job.columns)), _MIN_GROUP: np.array([np.inf])}
+    initial = {**job.algo.init_state(job.params, len(job.columns)), _MIN_GROUP: np.array([np.inf]),
+               _DONE: np.zeros(1)}
     return {"state": job.seal_state(initial, 0)}
 
 
@@ -111,34 +118,44 @@ def fit_combine(state: EnclaveState, iteration: int, model_state: bytes, stats: 
                 **fit: Any) -> dict[str, Any]:
     """Combine sealed statistics of every partition, exactly once each, and take one optimizer step.
 
-    Each (job, iteration) is combined once: a repeated call with the same inputs gets the same answer (a retry
-    after a lost reply), a call with other inputs is refused.
+    Each (job, iteration) is combined once: a repeated call of a fit's latest combine with the same inputs gets
+    the same answer (a retry after a lost reply); another combine of that or an earlier pass is refused. A
+    converged state is final: it is not combined further.
     """
     job = _Fit(state, **fit)
     expected = list(range(len(job.opened.manifest.files)))
     if sorted(indices) != expected or len(stats) != len(indices) or not all(isinstance(b, bytes) for b in stats):
         raise ProtocolError("statistics must cover every partition of the dataset exactly once")
     inputs = sha256(b"".join(sha256(b).digest() for b in [model_state, *stats])).hexdigest() + repr(indices)
-    key = (f"{job.job}|{job.terms}", iteration)
+    key = f"{job.job}|{job.terms}"
     with state.lock:
         seen = state.combined.get(key)
-    if seen is not None:
-        if seen[0] != inputs:
-            raise ProtocolError(f"iteration {iteration} of this fit was already combined from other inputs")
-        return seen[1]
+    if seen is not None and iteration <= seen[0]:
+        if iteration == seen[0] and seen[1] == inputs:
+            return seen[2]
+        raise ProtocolError(f"iteration {iteration} of this fit was already combined")
     current = job.open_state(model_state, iteration)
+    if current[_DONE][0]:
+        raise ProtocolError("this fit has converged: finalize it")
     parts = [arrays.unpack(sealing.open_(job.key, blob, sealing.stats_aad(job.job, job.terms, iteration, index)))
              for index, blob in sorted(zip(indices, stats, strict=True))]
     total = arrays.combine(parts)
     updated, done = job.algo.update(current, total, job.params)
     smallest = min(float(current[_MIN_GROUP][0]), _smallest_group(total, job.opened.manifest.num_rows))
-    reply = {"state": job.seal_state({**updated, _MIN_GROUP: np.array([smallest])}, iteration + 1),
-             "done": bool(done)}
+    final = {**updated, _MIN_GROUP: np.array([smallest]), _DONE: np.array([1.0 if done else 0.0])}
+    reply = {"state": job.seal_state(final, iteration + 1), "done": bool(done)}
     with state.lock:
-        state.combined.setdefault(key, (inputs, reply))
-        while len(state.combined) > _MAX_COMBINED:
-            del state.combined[next(iter(state.combined))]
-        return state.combined[key][1]
+        latest = state.combined.get(key)
+        if latest is None or latest[0] < iteration:
+            state.combined.pop(key, None)
+            state.combined[key] = (iteration, inputs, reply)  # one entry per fit: its latest combine
+            while len(state.combined) > _MAX_JOBS:
+                del state.combined[next(iter(state.combined))]
+        elif latest[0] == iteration and latest[1] == inputs:
+            return latest[2]  # a concurrent identical call won the race: the same answer
+        else:
+            raise ProtocolError(f"iteration {iteration} of this fit was already combined")
+    return reply
 
 
 @ecall("fit_finalize", args={**_FIT, "iteration": int, "model_state": bytes, "model_id": str},
@@ -149,6 +166,8 @@ def fit_finalize(state: EnclaveState, iteration: int, model_state: bytes, model_
     ``release="statistics"`` also its weights in the clear, if every group behind them is large enough."""
     job = _Fit(state, **fit)
     current = job.open_state(model_state, iteration)
+    if not current[_DONE][0]:
+        raise ProtocolError("only a converged fit can be finalized")
     model = arrays.pack(job.algo.model(current, job.params))
     description = _description(job.algo.name, job.release, job.opened.dataset_id, job.columns, job.label,
                                job.params, job.job, iteration)
