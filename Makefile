@@ -48,7 +48,7 @@ $(VENV)/.installed: $(PY) pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,tee]'
 	-$(PIP) install -q '$(TORCH)' || echo "note: torch not installed; the PyTorch path and its tests will be skipped"
 	touch $@
 

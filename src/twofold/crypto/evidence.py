@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass
-from hashlib import sha256
+from hashlib import sha256, sha384, sha512
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -28,6 +28,23 @@ def report_data_for(public_key_raw: bytes) -> str:
     return sha256(b"twofold-report-data-v1\x00" + public_key_raw).hexdigest()
 
 
+def _fields(*parts: bytes) -> bytes:
+    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+
+
+def hardware_report_data(nonce: str, public_key_raw: bytes, config: str) -> bytes:
+    """The 64 bytes a hardware report's REPORT_DATA carries: the verifier's nonce, the enclave's ephemeral key and
+    the broker identity it pins, so the report answers this challenge for this key and this broker."""
+    return sha512(b"twofold-hw-report-data-v1\x00" + _fields(nonce.encode(), public_key_raw, config.encode())).digest()
+
+
+def launch_binding(measurement: str, config: str, size: int = 32) -> bytes:
+    """What the host sets at launch and the hardware measures (SEV-SNP HOST_DATA: 32 bytes; TDX MRCONFIGID: 48):
+    twofold's TCB measurement and the broker identity, so a good VM image runs only that code for that broker."""
+    body = b"twofold-launch-binding-v1\x00" + _fields(measurement.encode(), config.encode())
+    return (sha256(body) if size == 32 else sha384(body)).digest()
+
+
 @dataclass(frozen=True)
 class Evidence:
     """Claims of one attestation, plus the platform's signature over their canonical form."""
@@ -39,7 +56,8 @@ class Evidence:
     timestamp: float
     config: str = ""  # hex digest of the broker identity the enclave pins
     platform_key: str = ""  # base64 raw Ed25519 public key (simulation backend)
-    signature: str = ""  # base64 Ed25519 signature
+    signature: str = ""  # base64 Ed25519 signature (simulation backend)
+    quote: str = ""  # base64 hardware evidence: an SEV-SNP report, a TDX or SGX quote
     version: int = EVIDENCE_VERSION
 
     def claims(self) -> bytes:
@@ -59,6 +77,7 @@ class Evidence:
                 report_data=str(data["report_data"]), timestamp=float(data["timestamp"]),
                 config=str(data.get("config", "")),
                 platform_key=str(data.get("platform_key", "")), signature=str(data.get("signature", "")),
+                quote=str(data.get("quote", "")),
                 version=int(data.get("version", 0)),
             )
         except (KeyError, TypeError, ValueError):

@@ -44,7 +44,7 @@ from twofold.crypto.contexts import dataset_of
 from twofold.crypto.evidence import Evidence
 from twofold.crypto.hpke_seal import open_sealed_to
 from twofold.errors import AttestationError, ConfigError, KeyAccessError, ProtocolError, ServiceError, TwofoldError
-from twofold.kbs.policy import DatasetRule
+from twofold.kbs.rules import DatasetRule
 
 API = "/v1"
 TIMEOUT_S = 30.0  # the deadline of one operation (attest, or unwrap_many with its re-attestation), retries included

@@ -16,7 +16,7 @@ from twofold.crypto.pme import PmeSession, key_material_name
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.cache import PartitionCache
 from twofold.errors import ConfigError, IntegrityError
-from twofold.kbs.policy import DatasetRule
+from twofold.kbs.rules import DatasetRule
 
 
 @dataclass

@@ -37,16 +37,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from twofold.errors import AttestationError, ConfigError, PolicyError
+from twofold.errors import AttestationError, ConfigError
+from twofold.kbs.rules import SEALED_ONLY, DatasetRule, names
 
 POLICY_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
-DEFAULT_MIN_GROUP = 10
-RELEASE_MODES = ("sealed", "statistics")
 BACKENDS = ("simulation", "sev-snp", "tdx", "sgx")
-_RULE_KEYS = {"release", "budget", "algorithms", "columns", "params", "min_group_size"}
 _TOP_KEYS = {"version", "backends", "allow_simulation", "simulation_platform_keys", "nonce_ttl_seconds",
-             "token_ttl_seconds", "measurements", "datasets"}
+             "token_ttl_seconds", "measurements", "datasets", "platforms"}
+_PLATFORM_KEYS = {"collateral", "measurements", "signers", "min_tcb", "min_svn", "product_id", "tcb_statuses",
+                  "rtmrs", "vmpl"}
 
 
 @dataclass(frozen=True)
@@ -59,113 +59,65 @@ class MeasurementRule:
         return "*" in self.datasets or dataset_id in self.datasets
 
 
-@dataclass(frozen=True)
-class Budget:
-    """A differential-privacy budget for what is released from one dataset."""
-
-    epsilon: float
-    delta: float = 0.0
 
 
 @dataclass(frozen=True)
-class DatasetRule:
-    """What may leave the enclave for one dataset; the key broker sends it, signed, with the dataset's MAC key,
-    and the enclave enforces it on every fit and predict ecall.
+class PlatformRule:
+    """What a hardware backend's evidence must show, beyond twofold's own measurement (``measurements`` above).
 
-    ``algorithms`` and ``columns`` (features and label) of None allow any; ``params`` maps a parameter name to
-    its allowed closed range ``[low, high]`` (unlisted parameters may take any value); ``min_group_size`` is the
-    fewest rows any released aggregate may describe (``statistics`` release).
+    ``measurements``: allowed launch measurements (SEV-SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE), hex; ``signers``:
+    SGX MRSIGNERs; ``min_tcb``: SEV-SNP minimum reported TCB per component (bootloader, tee, snp, microcode);
+    ``min_svn``: minimum guest SVN (SNP) or ISVSVN (SGX); ``product_id``: SGX ISVPRODID; ``tcb_statuses``: accepted
+    DCAP TCB statuses; ``rtmrs``: expected TDX RTMRs by index; ``vmpl``: the SNP VMPL the report must come from;
+    ``collateral``: the owner's local collateral (SNP: a directory of ARK, ASK, VCEK/VLEK and CRL; DCAP: a
+    QuoteCollateralV3 JSON file).
     """
 
-    release: tuple[str, ...] = RELEASE_MODES
-    budget: Budget | None = None
-    algorithms: tuple[str, ...] | None = None
-    columns: tuple[str, ...] | None = None
-    params: dict[str, tuple[float, float]] = field(default_factory=dict)
-    min_group_size: int = DEFAULT_MIN_GROUP
-
-    def allows_release(self, mode: str) -> bool:
-        return mode in self.release
-
-    def check(self, release: str | None, algorithm: str, columns: list[str], params: dict[str, Any]) -> None:
-        """Refuse (PolicyError) a job this rule does not allow (``release`` None: a use that releases nothing
-        but results sealed for the owner, such as predictions); names are reported, values never."""
-        if release is not None and release not in self.release:
-            raise PolicyError(f"the owner's policy does not allow release={release!r} for this dataset "
-                              f"(allowed: {', '.join(self.release)})")
-        if self.algorithms is not None and algorithm not in self.algorithms:
-            raise PolicyError(f"the owner's policy does not allow algorithm {algorithm!r} on this dataset")
-        outside = sorted(c for c in columns if c and self.columns is not None and c not in self.columns)
-        if outside:
-            raise PolicyError(f"the owner's policy does not allow column(s) {', '.join(outside)} of this dataset")
-        for name, (low, high) in self.params.items():
-            value = params.get(name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if value is not None and not (number and low <= value <= high):  # exact for ints (no float rounding)
-                raise PolicyError(f"parameter {name} is outside the range [{low:g}, {high:g}] the owner allows")
+    collateral: str
+    measurements: tuple[str, ...]
+    signers: tuple[str, ...] = ()
+    min_tcb: dict[str, int] = field(default_factory=dict)
+    min_svn: int = 0
+    product_id: int | None = None
+    tcb_statuses: tuple[str, ...] = ("UpToDate",)
+    rtmrs: dict[int, str] = field(default_factory=dict)
+    vmpl: int | None = 0
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"release": list(self.release), "min_group_size": self.min_group_size}
-        if self.budget:
-            out["budget"] = {"epsilon": self.budget.epsilon, "delta": self.budget.delta}
-        if self.algorithms is not None:
-            out["algorithms"] = list(self.algorithms)
-        if self.columns is not None:
-            out["columns"] = list(self.columns)
-        if self.params:
-            out["params"] = {name: [low, high] for name, (low, high) in sorted(self.params.items())}
+        out: dict[str, Any] = {"collateral": self.collateral, "measurements": list(self.measurements),
+                               "min_svn": self.min_svn, "tcb_statuses": list(self.tcb_statuses), "vmpl": self.vmpl}
+        if self.signers:
+            out["signers"] = list(self.signers)
+        if self.min_tcb:
+            out["min_tcb"] = dict(self.min_tcb)
+        if self.product_id is not None:
+            out["product_id"] = self.product_id
+        if self.rtmrs:
+            out["rtmrs"] = {str(i): v for i, v in sorted(self.rtmrs.items())}
         return out
 
     @classmethod
-    def from_dict(cls, rule: Any, name: str = "dataset") -> DatasetRule:
-        """Parse one rule strictly (as the policy file and a signed release carry it)."""
-        if not isinstance(rule, dict) or set(rule) - _RULE_KEYS:
-            raise ConfigError(f"policy rule of {name!r} may hold only {', '.join(sorted(_RULE_KEYS))}")
-        release = tuple(rule.get("release", RELEASE_MODES))
-        if not release or any(m not in RELEASE_MODES for m in release):
-            raise ConfigError(f"policy release modes of {name!r} must be among {', '.join(RELEASE_MODES)}")
-        return cls(release, _budget(rule.get("budget"), name), _names(rule.get("algorithms"), name, "algorithms"),
-                   _names(rule.get("columns"), name, "columns"), _ranges(rule.get("params", {}), name),
-                   _group(rule.get("min_group_size", DEFAULT_MIN_GROUP), name))
+    def from_dict(cls, raw: Any, backend: str) -> PlatformRule:
+        if not isinstance(raw, dict) or set(raw) - _PLATFORM_KEYS or not raw.get("collateral"):
+            raise ConfigError(f"policy platform {backend!r} needs 'collateral' and may hold only "
+                              f"{', '.join(sorted(_PLATFORM_KEYS))}")
+        measurements = names(raw.get("measurements"), backend, "measurements") or ()
+        if not measurements or any(not _is_hex(m) for m in measurements):
+            raise ConfigError(f"policy platform {backend!r} must list its allowed launch measurements (hex)")
+        try:
+            return cls(str(raw["collateral"]), tuple(m.lower() for m in measurements),
+                       tuple(s.lower() for s in (names(raw.get("signers"), backend, "signers") or ())),
+                       {str(k): int(v) for k, v in dict(raw.get("min_tcb", {})).items()}, int(raw.get("min_svn", 0)),
+                       None if raw.get("product_id") is None else int(raw["product_id"]),
+                       tuple(names(raw.get("tcb_statuses"), backend, "tcb_statuses") or ("UpToDate",)),
+                       {int(k): str(v).lower() for k, v in dict(raw.get("rtmrs", {})).items()},
+                       None if raw.get("vmpl", 0) is None else int(raw.get("vmpl", 0)))
+        except (TypeError, ValueError):
+            raise ConfigError(f"malformed policy platform {backend!r}") from None
 
 
-SEALED_ONLY = DatasetRule(release=("sealed",))
-
-
-def _budget(raw: Any, name: str) -> Budget | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict) or set(raw) - {"epsilon", "delta"} or float(raw.get("epsilon", 0)) <= 0 \
-            or not 0 <= float(raw.get("delta", 0)) < 1:
-        raise ConfigError(f"policy budget of {name!r} needs epsilon > 0 and 0 <= delta < 1")
-    return Budget(float(raw["epsilon"]), float(raw.get("delta", 0.0)))
-
-
-def _names(raw: Any, name: str, what: str) -> tuple[str, ...] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or not all(isinstance(item, str) and item for item in raw):
-        raise ConfigError(f"policy {what} of {name!r} must be a list of names")
-    return tuple(raw)
-
-
-def _ranges(raw: Any, name: str) -> dict[str, tuple[float, float]]:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"policy params of {name!r} must map parameter names to [low, high]")
-    out = {}
-    for param, bounds in raw.items():
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float))
-                                                                      and not isinstance(b, bool) for b in bounds)
-                and bounds[0] <= bounds[1]):
-            raise ConfigError(f"policy range of parameter {param!r} ({name!r}) must be [low, high] with low <= high")
-        out[str(param)] = (float(bounds[0]), float(bounds[1]))
-    return out
-
-
-def _group(raw: Any, name: str) -> int:
-    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
-        raise ConfigError(f"policy min_group_size of {name!r} must be a positive integer")
-    return raw
+def _is_hex(value: str) -> bool:
+    return bool(value) and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 @dataclass(frozen=True)
@@ -177,6 +129,14 @@ class Policy:
     token_ttl_seconds: float = 3600.0
     backends: tuple[str, ...] = ("simulation",)
     datasets: dict[str, DatasetRule] = field(default_factory=dict)
+    platforms: dict[str, PlatformRule] = field(default_factory=dict)
+
+    def platform(self, backend: str) -> PlatformRule:
+        """The rule for a hardware backend's evidence; AttestationError if the policy has none."""
+        rule = self.platforms.get(backend)
+        if rule is None:
+            raise AttestationError(f"the policy has no platform rule for {backend} evidence")
+        return rule
 
     def accepts_backend(self, backend: str) -> bool:
         return backend in self.backends and (backend != "simulation" or self.allow_simulation)
@@ -209,6 +169,7 @@ class Policy:
                 for m, r in self.measurements.items()
             },
             "datasets": {d: r.to_dict() for d, r in self.datasets.items()},
+            "platforms": {b: r.to_dict() for b, r in self.platforms.items()},
         }
 
     def save(self, path: Path) -> None:
@@ -228,6 +189,12 @@ def _parse_datasets(raw: Any) -> dict[str, DatasetRule]:
     if not isinstance(raw, dict):
         raise ConfigError("policy 'datasets' must map dataset ids (or '*') to rules")
     return {str(dataset): DatasetRule.from_dict(rule, str(dataset)) for dataset, rule in raw.items()}
+
+
+def _parse_platforms(raw: Any) -> dict[str, PlatformRule]:
+    if not isinstance(raw, dict) or any(b not in BACKENDS or b == "simulation" for b in raw):
+        raise ConfigError(f"policy 'platforms' must map hardware backends ({', '.join(BACKENDS[1:])}) to rules")
+    return {b: PlatformRule.from_dict(rule, b) for b, rule in raw.items()}
 
 
 def _parse_backends(raw: Any) -> tuple[str, ...]:
@@ -260,6 +227,7 @@ def parse_policy(data: Any) -> Policy:
             token_ttl_seconds=float(data.get("token_ttl_seconds", 3600)),
             backends=_parse_backends(data.get("backends", ["simulation"])),
             datasets=_parse_datasets(data.get("datasets", {})),
+            platforms=_parse_platforms(data.get("platforms", {})),
         )
     except (AttributeError, TypeError, ValueError):
         raise ConfigError("malformed policy file") from None

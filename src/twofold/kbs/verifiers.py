@@ -1,14 +1,10 @@
 """Verifiers: check evidence against a nonce, a public key and the owner's policy.
 
-Only the simulation backend exists today. A hardware backend plugs in here as another ``Verifier``:
-
-- **SGX DCAP (Gramine RA-TLS):** verify the quote's PCK certificate chain to Intel's root and the TCB info and
-  QE identity collateral (e.g. through the DCAP quote verification library), then read MRENCLAVE as the
-  measurement and the first 32 bytes of REPORTDATA as ``report_data``.
-- **SEV-SNP / TDX:** verify the attestation report's signature chain (VCEK/ASK/ARK, or the TDX quote via DCAP),
-  then read MEASUREMENT/MRTD and REPORT_DATA the same way.
-
-Neither is implemented, and twofold never pretends they are: evidence naming another backend is refused.
+- **simulation** (here): evidence signed by a per-machine Ed25519 platform key the policy trusts; accepted only
+  with ``allow_simulation``, and logged as SIMULATION every time.
+- **sev-snp, tdx, sgx** (:mod:`twofold.kbs.hardware`): an SEV-SNP report verified to AMD's pinned roots
+  (:mod:`twofold.kbs.snp`), or a TDX/SGX quote verified with DCAP collateral (:mod:`twofold.kbs.dcap`), then the
+  policy's platform rule, the report data and the launch binding of twofold's measurement.
 """
 
 from __future__ import annotations
@@ -67,10 +63,14 @@ class SimulationVerifier:
 
 
 def verifier_for(backend: str, policy: Policy) -> Verifier:
-    if backend in policy.backends and backend != SimulationVerifier.backend:
-        raise AttestationError(f"no verifier for attestation backend {backend!r} yet (supported: simulation)")
+    """The verifier of ``backend`` evidence under ``policy``: simulation, or a hardware backend's
+    (:mod:`twofold.kbs.hardware`, which needs the policy's platform rule for it)."""
     if backend not in policy.backends:
         raise AttestationError(f"attestation backend {backend!r} is not allowed by the policy")
     if backend == SimulationVerifier.backend:
         return SimulationVerifier(policy)
-    raise AttestationError(f"no verifier for attestation backend {backend!r} (supported: simulation)")
+    from twofold.kbs.hardware import HARDWARE, HardwareVerifier  # loads the SNP and DCAP verifiers on demand
+
+    if backend in HARDWARE:
+        return HardwareVerifier(backend, policy)
+    raise AttestationError(f"no verifier for attestation backend {backend!r}")

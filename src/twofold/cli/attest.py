@@ -1,0 +1,92 @@
+"""``twofold attest verify | collateral``: hardware evidence, verified on the owner's side (no TEE needed here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from twofold.errors import AttestationError, ConfigError
+
+BACKENDS = ("sev-snp", "tdx", "sgx")
+_KDS = "https://kdsintf.amd.com/vcek/v1"
+
+
+def _evidence_bytes(path: Path) -> bytes:
+    """The raw evidence: a binary file, or hex text (as some tools save an SNP report)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("ascii").strip()
+        return bytes.fromhex("".join(text.split())) if text else raw
+    except (UnicodeDecodeError, ValueError):
+        return raw
+
+
+def _moment(at: str | None) -> datetime:
+    if at is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--at {at!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@click.group()
+def attest() -> None:
+    """Hardware attestation evidence (AMD SEV-SNP, Intel TDX and SGX)."""
+
+
+@attest.command("verify")
+@click.argument("evidence", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--backend", required=True, type=click.Choice(BACKENDS))
+@click.option("--collateral", required=True, type=click.Path(exists=True, path_type=Path),
+              help="SEV-SNP: a directory of ARK, ASK and VCEK/VLEK (and CRL); TDX/SGX: a QuoteCollateralV3 JSON file.")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Check the policy's platform rule for this backend too (launch measurements, TCB, ...).")
+@click.option("--at", default=None, help="Verify at this ISO 8601 time (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the claims as JSON.")
+def verify(evidence: Path, backend: str, collateral: Path, policy_path: Path | None, at: str | None,
+           as_json: bool) -> None:
+    """Verify EVIDENCE (an SEV-SNP report, or a TDX/SGX quote); print its claims, or the reason it is refused."""
+    from twofold.kbs.hardware import verify_platform
+    from twofold.kbs.policy import PlatformRule, load_policy
+
+    if policy_path is not None:
+        rule = load_policy(policy_path).platform(backend)
+        rule = dataclasses.replace(rule, collateral=str(collateral))
+    else:  # the evidence's own validity only: any launch measurement, default TCB statuses, no debug
+        rule = PlatformRule(str(collateral), (), vmpl=None)
+    claims = verify_platform(backend, _evidence_bytes(evidence), rule, at=_moment(at))
+    described = claims.describe()
+    if as_json:
+        click.echo(json.dumps(described, indent=2, sort_keys=True))
+        return
+    click.echo(f"verified {backend} evidence")
+    for name, value in described.items():
+        click.echo(f"  {name:<16} {value}")
+
+
+@attest.command("collateral")
+@click.argument("report", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--family", type=click.Choice(["Milan", "Genoa", "Turin"]), required=True,
+              help="The AMD EPYC family the report comes from.")
+def collateral(report: Path, family: str) -> None:
+    """Print where to fetch an SEV-SNP report's collateral (AMD's key distribution service), for a machine with
+    internet access; put the files in one directory and pass it as --collateral (and the policy's 'collateral')."""
+    from twofold.kbs.snp import parse_report
+
+    parsed = parse_report(_evidence_bytes(report))
+    tcb = parsed.reported_tcb
+    chip = parsed.chip_id[:8].hex() if family == "Turin" else parsed.chip_id.hex()
+    if not any(parsed.chip_id):
+        raise AttestationError("the report masks its chip_id: fetch the VLEK from your cloud provider instead")
+    query = f"blSPL={tcb.bootloader}&teeSPL={tcb.tee}&snpSPL={tcb.snp}&ucodeSPL={tcb.microcode}"
+    click.echo(f"curl -o vcek.der '{_KDS}/{family}/{chip}?{query}'")
+    click.echo(f"curl -o cert_chain.pem '{_KDS}/{family}/cert_chain'      # ASK and ARK")
+    click.echo(f"curl -o crl.der '{_KDS}/{family}/crl'")
+    click.echo("TDX/SGX: fetch a QuoteCollateralV3 JSON from your PCCS or Intel's PCS (e.g. with dcap-qvl's "
+               "`fetch` command) and pass the file as --collateral.")

@@ -1,0 +1,135 @@
+"""Hardware evidence at the key broker: the report must answer this nonce for this key and broker, and its
+launch binding must name twofold's measurement; real SNP/TDX/SGX samples through ``twofold attest verify``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+
+from twofold.crypto.evidence import Evidence, hardware_report_data, launch_binding
+from twofold.errors import AttestationError
+from twofold.kbs import snp
+from twofold.kbs.hardware import HardwareVerifier
+from twofold.kbs.policy import parse_policy
+from twofold.kbs.verifiers import verifier_for
+
+from ..conftest import run_cli
+from .test_snp import MEASUREMENT, build_report
+from .test_snp import amd as amd
+from .test_snp import vectors as snp_vectors  # noqa: F401 - the real samples (skips when absent)
+
+TCB = "cd" * 32  # twofold's TCB measurement (what the policy's measurements list)
+CONFIG = "ef" * 32  # the digest of the broker identity the enclave pins
+PUBLIC = bytes(range(32))
+
+
+def _policy(collateral, measurements=(MEASUREMENT.hex(),)):
+    return parse_policy({"version": 3, "backends": ["sev-snp"], "platforms": {"sev-snp": {
+        "collateral": str(collateral), "measurements": list(measurements)}},
+        "measurements": {TCB: {"name": "twofold", "datasets": ["*"]}}})
+
+
+def _evidence(report: bytes, nonce: str, measurement: str = TCB) -> Evidence:
+    return Evidence(backend="sev-snp", measurement=measurement, nonce=nonce, report_data="", timestamp=time.time(),
+                    config=CONFIG, quote=base64.b64encode(report).decode())
+
+
+@pytest.fixture
+def fake_amd_root(amd, tmp_path, monkeypatch):
+    """The fake AMD chain on disk, its root pinned for this test only (production pins AMD's)."""
+    (tmp_path / "ark.der").write_bytes(amd.ark)
+    (tmp_path / "ask.der").write_bytes(amd.ask)
+    (tmp_path / "vcek.der").write_bytes(amd.vcek())
+    monkeypatch.setattr(snp, "PINNED_ARK_SHA256", amd.trusted)
+    return tmp_path
+
+
+def _bound(amd, nonce, **changes):
+    fields = {"report_data": hardware_report_data(nonce, PUBLIC, CONFIG), "host_data": launch_binding(TCB, CONFIG)}
+    return build_report(amd.vcek_key, **{**fields, **changes})
+
+
+def test_a_bound_snp_report_verifies_to_twofolds_measurement(amd, fake_amd_root):
+    verifier = verifier_for("sev-snp", _policy(fake_amd_root))
+    assert isinstance(verifier, HardwareVerifier)
+    claims = verifier.verify(_evidence(_bound(amd, "n-1"), "n-1"), "n-1", PUBLIC)
+    assert (claims.backend, claims.measurement, claims.config) == ("sev-snp", TCB, CONFIG)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("another nonce", "report_data"),
+    ("another twofold measurement", "host_data"),
+    ("another launch measurement", "measurement"),
+    ("a debug guest", "debug"),
+])
+def test_unbound_or_unwanted_reports_are_refused(amd, fake_amd_root, case, reason):
+    nonce = "n-2"
+    report, claimed = _bound(amd, nonce), TCB
+    if case == "another nonce":
+        report = _bound(amd, "n-old")  # a replayed report, made for an earlier challenge
+    elif case == "another twofold measurement":
+        claimed = "00" * 32  # the VM was launched for other code than the evidence claims
+    elif case == "another launch measurement":
+        report = _bound(amd, nonce, measurement=bytes(48))
+    else:
+        report = _bound(amd, nonce, policy=0x30000 | 1 << 19)
+    with pytest.raises(AttestationError, match=reason):
+        HardwareVerifier("sev-snp", _policy(fake_amd_root)).verify(_evidence(report, nonce, claimed), nonce, PUBLIC)
+
+
+def test_a_chain_to_another_root_is_refused_under_the_pinned_roots(amd, tmp_path):
+    (tmp_path / "ark.der").write_bytes(amd.ark)
+    (tmp_path / "ask.der").write_bytes(amd.ask)
+    (tmp_path / "vcek.der").write_bytes(amd.vcek())
+    with pytest.raises(AttestationError):
+        HardwareVerifier("sev-snp", _policy(tmp_path)).verify(_evidence(_bound(amd, "n"), "n"), "n", PUBLIC)
+
+
+def test_a_policy_without_a_platform_rule_refuses_hardware_evidence():
+    policy = parse_policy({"version": 3, "backends": ["sev-snp", "tdx"], "measurements": {}})
+    for backend in ("sev-snp", "tdx"):
+        with pytest.raises(AttestationError, match="no platform rule"):
+            verifier_for(backend, policy)
+
+
+def test_real_snp_sample_verifies_but_answers_no_twofold_challenge(snp_vectors, tmp_path):  # noqa: F811
+    """A genuine Milan report passes the chain, signature and TCB checks, and is refused only because its
+    REPORT_DATA does not bind this broker's nonce: evidence replayed from elsewhere gets no keys."""
+    for name in ("ark.pem", "ask.pem"):
+        (tmp_path / name).symlink_to(snp_vectors / name)
+    (tmp_path / "vcek.der").symlink_to(snp_vectors / "vcek_milan.der")
+    report = bytes.fromhex((snp_vectors / "report_milan.hex").read_text().strip())
+    measurement = snp.parse_report(report).measurement.hex()
+    with pytest.raises(AttestationError, match="report_data"):
+        HardwareVerifier("sev-snp", _policy(tmp_path, [measurement])).verify(_evidence(report, "n"), "n", PUBLIC)
+
+
+def test_attest_verify_cli_on_real_samples(snp_vectors, tmp_path):  # noqa: F811
+    shared = snp_vectors.parent
+    for name in ("ark.pem", "ask.pem"):
+        (tmp_path / name).symlink_to(snp_vectors / name)
+    (tmp_path / "vcek.der").symlink_to(snp_vectors / "vcek_milan.der")
+    ok = run_cli("attest", "verify", str(snp_vectors / "report_milan.hex"), "--backend", "sev-snp", "--collateral",
+                 str(tmp_path), "--at", "2025-01-01T00:00:00Z", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["measurement"].startswith("7a1e5c266c0108db")
+    collateral = shared / "dcap-collateral"
+    if (collateral / "tdx_quote").exists():
+        tdx = run_cli("attest", "verify", str(collateral / "tdx_quote"), "--backend", "tdx", "--collateral",
+                      str(collateral / "tdx_quote_collateral.json"), "--at", "2025-06-19T11:16:00Z", "--json")
+        assert tdx.returncode == 0 and json.loads(tdx.stdout)["tcb_status"] == "UpToDate", tdx.stderr
+        sgx = run_cli("attest", "verify", str(collateral / "sgx_quote"), "--backend", "sgx", "--collateral",
+                      str(collateral / "sgx_quote_collateral.json"), "--at", "2025-06-19T11:16:00Z")
+        assert sgx.returncode == 5 and "ConfigurationAndSWHardeningNeeded" in sgx.stderr
+        late = run_cli("attest", "verify", str(collateral / "tdx_quote"), "--backend", "tdx", "--collateral",
+                       str(collateral / "tdx_quote_collateral.json"), "--at", "2026-05-15T00:00:00Z")
+        assert late.returncode == 5 and "CRL" in late.stderr
+    flipped = bytearray(bytes.fromhex((snp_vectors / "report_milan.hex").read_text().strip()))
+    flipped[0x90] ^= 1
+    (tmp_path / "flipped.bin").write_bytes(bytes(flipped))
+    bad = run_cli("attest", "verify", str(tmp_path / "flipped.bin"), "--backend", "sev-snp", "--collateral",
+                  str(tmp_path), "--at", "2025-01-01T00:00:00Z")
+    assert bad.returncode == 5 and "signature" in bad.stderr
