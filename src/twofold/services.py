@@ -119,14 +119,16 @@ _NO_PYCACHE = "pycache_prefix=/dev/null/twofold-no-pycache"
 
 
 def enclave_command(socket_path: Path | str, kbs_url: str, broker_identity: Path | str, *, cache_mib: int = 1024,
-                    extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+                    backend: str = "simulation", extra: tuple[str, ...] = (),
+                    env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start an enclave: its minimal entry point, isolated (``-I``), with
-    no bytecode cache, in a clean environment. ``env`` adds variables (fault tests, platform-key location)."""
+    no bytecode cache, in a clean environment. ``backend``: its attestation backend (``auto`` on hardware).
+    ``env`` adds variables (fault tests, platform-key location)."""
     inherited = {name: os.environ[name] for name in _ENCLAVE_INHERITS if name in os.environ}
     environment = {"PATH": os.defpath, "LANG": "C.UTF-8", **inherited, **ENCLAVE_ENV, **(env or {})}
     command = [sys.executable, "-I", "-B", "-X", _NO_PYCACHE, "-m", "twofold.enclave", "serve",
                "--socket", str(socket_path), "--kbs", kbs_url, "--broker-identity", str(broker_identity),
-               "--cache-mib", str(cache_mib), *extra]
+               "--cache-mib", str(cache_mib), "--backend", backend, *extra]
     return command, environment
 
 

@@ -133,3 +133,27 @@ def test_attest_verify_cli_on_real_samples(snp_vectors, tmp_path):  # noqa: F811
     bad = run_cli("attest", "verify", str(tmp_path / "flipped.bin"), "--backend", "sev-snp", "--collateral",
                   str(tmp_path), "--at", "2025-01-01T00:00:00Z")
     assert bad.returncode == 5 and "signature" in bad.stderr
+
+
+def test_policy_init_for_a_hardware_backend(snp_vectors, tmp_path):  # noqa: F811
+    """The owner's two commands: a policy for SEV-SNP with the VM's launch measurement, then `attest verify
+    --policy` checks a report against it (and refuses it when the measurement is not the allowed one)."""
+    collateral = tmp_path / "collateral"
+    collateral.mkdir()
+    for name in ("ark.pem", "ask.pem"):
+        (collateral / name).symlink_to(snp_vectors / name)
+    (collateral / "vcek.der").symlink_to(snp_vectors / "vcek_milan.der")
+    report = snp_vectors / "report_milan.hex"
+    launch = snp.parse_report(bytes.fromhex(report.read_text().strip())).measurement.hex()
+    for allowed, code in ((launch, 0), ("00" * 48, 5)):
+        out = tmp_path / f"policy-{code}.json"
+        made = run_cli("policy", "init", "--out", str(out), "--dataset", "*", "--backend", "sev-snp",
+                       "--platform-measurement", allowed, "--collateral", str(collateral), "--measurement", TCB)
+        assert made.returncode == 0, made.stderr
+        doc = json.loads(out.read_text())
+        assert doc["backends"] == ["sev-snp"] and not doc["allow_simulation"] and "sev-snp" in doc["platforms"]
+        checked = run_cli("attest", "verify", str(report), "--backend", "sev-snp", "--collateral", str(collateral),
+                          "--policy", str(out), "--at", "2025-01-01T00:00:00Z")
+        assert checked.returncode == code, checked.stderr
+    assert run_cli("policy", "init", "--out", str(tmp_path / "x.json"), "--dataset", "*", "--backend",
+                   "tdx").returncode != 0  # a hardware backend needs its launch measurements and collateral

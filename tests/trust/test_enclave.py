@@ -77,7 +77,8 @@ def test_modified_trusted_code_is_denied(broker, tmp_path):
             "sys.exit(main(sys.argv[2:]))")
     run = subprocess.run([sys.executable, "-I", "-B", "-c", code, str(copy), "serve", "--socket",
                           str(tmp_path / "patched.sock"), "--kbs", broker.url, "--broker-identity",
-                          str(broker.identity_path)], capture_output=True, text=True, timeout=120)
+                          str(broker.identity_path), "--backend", "simulation"], capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode != 0 and "not allowed by the policy" in run.stderr
     assert any("not allowed by the policy" in d["reason"] for d in broker.denials())
 

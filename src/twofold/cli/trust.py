@@ -121,7 +121,7 @@ def kbs_identity(keystore_dir: Path, out: Path, tls_ca: Path | None) -> None:
 
 @click.group()
 def enclave() -> None:
-    """The enclave runtime (simulation backend)."""
+    """The enclave runtime (simulation, or SEV-SNP/TDX through configfs-tsm, SGX through Gramine)."""
 
 
 @enclave.command("serve")
@@ -130,6 +130,8 @@ def enclave() -> None:
               "loopback).")
 @click.option("--broker-identity", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The key broker's identity as its owner issued it (twofold kbs identity).")
+@click.option("--backend", type=click.Choice(["auto", "simulation", "sev-snp", "tdx", "sgx"]), default="auto",
+              show_default=True, help="Attestation backend; auto uses this machine's hardware and never simulation.")
 @click.option("--platform-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Simulated platform key (default: $TWOFOLD_HOME/simulation/platform-ed25519.pem).")
 @click.option("--cache-mib", type=click.IntRange(min=1), default=1024, show_default=True,
@@ -139,7 +141,7 @@ def enclave() -> None:
               show_default=True, help="Seconds between busy-heartbeats sent while an ecall runs.")
 @click.option("--max-connections", type=click.IntRange(min=1, max=4096), default=64, show_default=True,
               help="Connections served at once; more are refused with an error.")
-def enclave_serve(socket_path: Path, kbs_url: str, broker_identity: Path, platform_key: Path | None,
+def enclave_serve(socket_path: Path, kbs_url: str, broker_identity: Path, backend: str, platform_key: Path | None,
                   cache_mib: int, idle_exit: int | None, heartbeat_s: float, max_connections: int) -> None:
     """Attest to the key broker, then serve ecalls on a Unix socket until terminated.
 
@@ -153,7 +155,8 @@ def enclave_serve(socket_path: Path, kbs_url: str, broker_identity: Path, platfo
     extra = [*(["--platform-key", str(platform_key)] if platform_key else []),
              *(["--idle-exit", str(idle_exit)] if idle_exit else []),
              "--heartbeat", str(heartbeat_s), "--max-connections", str(max_connections)]
-    command, env = enclave_command(socket_path, kbs_url, broker_identity, cache_mib=cache_mib, extra=tuple(extra))
+    command, env = enclave_command(socket_path, kbs_url, broker_identity, cache_mib=cache_mib, backend=backend,
+                                   extra=tuple(extra))
     os.execve(command[0], command, env)  # noqa: S606 - the enclave replaces this process, by design
 
 
@@ -185,12 +188,27 @@ def policy() -> None:
 @click.option("--release", "releases", multiple=True, type=click.Choice(["sealed", "statistics"]),
               default=("sealed",), show_default=True,
               help="What may leave the enclave: sealed results only, or also the trained model (repeatable).")
+@click.option("--backend", type=click.Choice(["simulation", "sev-snp", "tdx", "sgx"]), default="simulation",
+              show_default=True, help="The attestation backend the enclaves use.")
+@click.option("--platform-measurement", "platform_measurements", multiple=True,
+              help="Hardware backends: an allowed launch measurement (SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE), "
+                   "hex; repeatable.")
+@click.option("--collateral", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Hardware backends: the local collateral (SNP: certificate directory; TDX/SGX: "
+                   "QuoteCollateralV3 JSON; see twofold attest collateral).")
 def policy_init(out: Path, datasets: tuple[str, ...], measurement: str, allow_simulation: bool,
-                platform_key: Path | None, expires: str | None, releases: tuple[str, ...]) -> None:
+                platform_key: Path | None, expires: str | None, releases: tuple[str, ...], backend: str,
+                platform_measurements: tuple[str, ...], collateral: Path | None) -> None:
     """Write a policy that lets one measurement open the given datasets."""
     from twofold.kbs.authoring import write_policy
 
-    write_policy(out, datasets, measurement, allow_simulation, platform_key, expires, release=releases)
+    platform = None
+    if backend != "simulation":
+        if not (platform_measurements and collateral):
+            raise ConfigError(f"--backend {backend} needs --platform-measurement and --collateral")
+        platform = {"collateral": str(collateral.resolve()), "measurements": list(platform_measurements)}
+    write_policy(out, datasets, measurement, allow_simulation, platform_key, expires, release=releases,
+                 backend=backend, platform=platform)
     info(f"wrote policy {out}")
 
 

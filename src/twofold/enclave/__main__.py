@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kbs", required=True, help="URL of the owner's key broker (https://, or http:// on loopback)")
     run.add_argument("--broker-identity", required=True, type=Path,
                      help="the key broker's identity, as the owner issued it (twofold kbs identity)")
+    run.add_argument("--backend", choices=("auto", "simulation", "sev-snp", "tdx", "sgx"), default="auto",
+                     help="attestation backend: auto picks this machine's hardware and never falls back to simulation")
     run.add_argument("--platform-key", type=Path, default=None, help="simulated platform key")
     run.add_argument("--cache-mib", type=int, default=1024)
     run.add_argument("--idle-exit", type=int, default=None)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cache_mib < 1 or args.max_connections < 1 or not 0.05 <= args.heartbeat <= 60:
             raise TwofoldError("--cache-mib and --max-connections must be positive, --heartbeat in [0.05, 60]")
         identity = BrokerIdentity.load(args.broker_identity)
-        state = start_state(args.kbs, identity, args.platform_key, args.cache_mib << 20)
+        state = start_state(args.kbs, identity, args.platform_key, args.cache_mib << 20, args.backend)
         limits = Limits(heartbeat_s=args.heartbeat, max_connections=args.max_connections)
     except TwofoldError as exc:
         log.error("%s", exc)
@@ -58,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     def ready() -> None:
         sys.stdout.write(f"{READY_PREFIX}{args.socket}\n")
         sys.stdout.flush()
-        log.info("enclave (SIMULATION: no hardware memory protection) measurement %s... attested to key broker "
-                 "%s; serving on %s", state.measurement[:16], identity.keystore_id, args.socket)
+        kind = ("SIMULATION: no hardware memory protection" if state.backend == "simulation"
+                else f"{state.backend} hardware attestation")
+        log.info("enclave (%s) measurement %s... attested to key broker %s; serving on %s", kind,
+                 state.measurement[:16], identity.keystore_id, args.socket)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(state, args.socket, ready, idle_exit_s=args.idle_exit, limits=limits))

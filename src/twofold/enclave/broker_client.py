@@ -113,7 +113,8 @@ class BrokerSession:
     """
 
     def __init__(self, url: str, measurement: str, evidence_for: Callable[[str, bytes, str], Evidence],
-                 identity: BrokerIdentity, *, timeout_s: float = TIMEOUT_S, max_tries: int = MAX_TRIES) -> None:
+                 identity: BrokerIdentity, *, backend: str = "simulation", timeout_s: float = TIMEOUT_S,
+                 max_tries: int = MAX_TRIES) -> None:
         self._url = url.rstrip("/")
         parsed = urllib.parse.urlsplit(self._url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -123,7 +124,7 @@ class BrokerSession:
         if not timeout_s > 0 or max_tries < 1:
             raise ConfigError("a key-broker session needs a positive deadline and at least one try")
         self._parsed = parsed
-        self._measurement = measurement
+        self._measurement, self._backend = measurement, backend
         self._evidence_for = evidence_for
         self.identity = identity
         self._context = None
@@ -169,7 +170,7 @@ class BrokerSession:
                 self._flight = None
 
     def _handshake(self, deadline: float) -> _Granted:
-        challenge = self._post("auth", {"backend": "simulation"}, deadline)
+        challenge = self._post("auth", {"backend": self._backend}, deadline)
         nonce = str(challenge.get("nonce", ""))
         evidence = self._evidence_for(nonce, self.public_key_raw, self.identity.digest())
         granted = self._post("attest", {

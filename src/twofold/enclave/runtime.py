@@ -23,6 +23,7 @@ from twofold.enclave import core_ecalls, kernels  # noqa: F401 - importing regis
 from twofold.enclave.attester import SimulationAttester, load_or_create_platform_key
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.cache import PartitionCache
+from twofold.enclave.hw_attesters import attester_for
 from twofold.enclave.loaded import check_loaded
 from twofold.enclave.measure import current_measurement, tcb_files
 from twofold.enclave.protocol import (
@@ -44,14 +45,18 @@ READY_PREFIX = "ready "  # the line twofold.services waits for
 
 
 def start_state(kbs_url: str, identity: BrokerIdentity, platform_key_path: Path | None,
-                cache_bytes: int) -> EnclaveState:
-    """Check that only measured code is loaded, measure it, attest to the pinned key broker, build the state."""
+                cache_bytes: int, backend: str = "simulation") -> EnclaveState:
+    """Check that only measured code is loaded, measure it, attest to the pinned key broker, build the state.
+
+    ``backend``: ``simulation``, a hardware backend, or ``auto`` (the hardware this machine has; never simulation).
+    """
     measured = frozenset(tcb_files())
     check_loaded(measured)
     measurement = current_measurement()
-    attester = SimulationAttester(load_or_create_platform_key(platform_key_path))
+    attester = attester_for(backend) or SimulationAttester(load_or_create_platform_key(platform_key_path))
     broker = BrokerSession(kbs_url, measurement,
-                           lambda nonce, pub, config: attester.evidence(measurement, nonce, pub, config), identity)
+                           lambda nonce, pub, config: attester.evidence(measurement, nonce, pub, config), identity,
+                           backend=attester.backend)
     broker.attest()
     return EnclaveState(attester.backend, measurement, broker, PartitionCache(cache_bytes), measured=measured)
 

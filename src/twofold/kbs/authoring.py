@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from twofold.data.tabular import read_manifest
 from twofold.enclave.attester import load_or_create_platform_key
@@ -29,18 +30,24 @@ def resolve_measurements(measurement: str) -> list[str]:
 
 def write_policy(out: Path, datasets: Sequence[str], measurement: str = "current", allow_simulation: bool = True,
                  platform_key: Path | None = None, expires: str | None = None,
-                 release: Sequence[str] = ("sealed",)) -> Policy:
+                 release: Sequence[str] = ("sealed",), backend: str = "simulation",
+                 platform: dict[str, Any] | None = None) -> Policy:
     """A policy letting ``measurement`` (default: this installation's TCB) open ``datasets``, releasing results
-    as ``release`` allows (default: sealed for the owner only)."""
-    platform = load_or_create_platform_key(platform_key).public_key().public_bytes_raw()
+    as ``release`` allows (default: sealed for the owner only). ``backend`` other than simulation takes its
+    platform rule (launch measurements, collateral, ...: :class:`~twofold.kbs.policy.PlatformRule`)."""
     rule = {"name": "twofold enclave", "datasets": [dataset_id_of(d) for d in datasets], "expires": expires}
-    policy = parse_policy({
+    doc: dict[str, Any] = {
         "version": 3,
-        "backends": ["simulation"],
-        "allow_simulation": allow_simulation,
-        "simulation_platform_keys": [base64.b64encode(platform).decode()],
+        "backends": [backend],
+        "allow_simulation": allow_simulation and backend == "simulation",
         "measurements": {m: rule for m in resolve_measurements(measurement)},
         "datasets": {"*": {"release": list(release)}},
-    })
+    }
+    if backend == "simulation":
+        key = load_or_create_platform_key(platform_key).public_key().public_bytes_raw()
+        doc["simulation_platform_keys"] = [base64.b64encode(key).decode()]
+    else:
+        doc["platforms"] = {backend: platform or {}}
+    policy = parse_policy(doc)
     policy.save(out)
     return policy

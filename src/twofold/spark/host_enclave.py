@@ -41,6 +41,7 @@ class EnclaveConfig:
     kbs_url: str
     broker_identity: str = ""
     cache_mib: int = 4096
+    backend: str = "simulation"  # the enclave's attestation backend ("auto" on TEE hosts)
     idle_exit_s: int = 900
     heartbeat_s: float = 5.0
     silence_timeout_s: float = SILENCE_TIMEOUT_S
@@ -98,7 +99,7 @@ def _spawn(config: EnclaveConfig) -> subprocess.Popen:
         raise ConfigError("the enclave needs the key broker's identity (twofold kbs identity; --broker-identity)")
     config.identity_path.write_text(config.broker_identity)
     command, env = enclave_command(config.socket, config.kbs_url, config.identity_path, cache_mib=config.cache_mib,
-                                   extra=("--idle-exit", str(config.idle_exit_s), "--heartbeat",
+                                   backend=config.backend, extra=("--idle-exit", str(config.idle_exit_s), "--heartbeat",
                                           str(config.heartbeat_s)))
     with open(config.log_path, "ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,

@@ -1,0 +1,76 @@
+"""The attesting half on hardware, run against directories laid out like configfs-tsm and Gramine's
+/dev/attestation that serve a fake report (clearly a sample: built by the SNP tests' fake AMD chain)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from twofold.crypto.evidence import hardware_report_data
+from twofold.enclave.hw_attesters import GramineAttester, TsmAttester, attester_for
+from twofold.errors import ConfigError, ServiceError
+from twofold.services import start_enclave
+
+SAMPLE = b"SAMPLE-REPORT-NOT-FROM-HARDWARE" * 8
+PUBLIC, NONCE, CONFIG, TCB = bytes(range(32)), "nonce-1", "ab" * 32, "cd" * 32
+
+
+def _tsm(tmp_path, provider="sev_guest"):
+    entry = tmp_path / "tsm" / "prepared"
+    entry.mkdir(parents=True)
+    (entry / "provider").write_text(provider + "\n")
+    (entry / "generation").write_text("7\n")
+    (entry / "outblob").write_bytes(SAMPLE)
+    return tmp_path / "tsm", entry
+
+
+def test_configfs_tsm_attester_writes_the_binding_and_returns_the_report(tmp_path):
+    root, entry = _tsm(tmp_path)
+    attester = TsmAttester(root, entry="prepared")
+    evidence = attester.evidence(TCB, NONCE, PUBLIC, CONFIG)
+    assert attester.backend == evidence.backend == "sev-snp"
+    assert (entry / "inblob").read_bytes() == hardware_report_data(NONCE, PUBLIC, CONFIG)
+    assert base64.b64decode(evidence.quote) == SAMPLE and evidence.measurement == TCB and evidence.config == CONFIG
+    assert TsmAttester(_tsm(tmp_path / "t", "tdx_guest")[0], entry="prepared").backend == "tdx"
+
+
+def test_configfs_tsm_refuses_unknown_providers_and_missing_entries(tmp_path):
+    root, _ = _tsm(tmp_path, provider="arm_cca_guest")
+    with pytest.raises(ConfigError, match="not SEV-SNP or TDX"):
+        TsmAttester(root, entry="prepared")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not a configfs-tsm report directory"):
+        TsmAttester(tmp_path / "empty")  # a made entry with no attributes: not configfs
+
+
+def test_gramine_attester(tmp_path):
+    (tmp_path / "attestation_type").write_text("dcap")
+    (tmp_path / "quote").write_bytes(SAMPLE)
+    evidence = GramineAttester(tmp_path).evidence(TCB, NONCE, PUBLIC, CONFIG)
+    assert evidence.backend == "sgx" and base64.b64decode(evidence.quote) == SAMPLE
+    assert (tmp_path / "user_report_data").read_bytes() == hardware_report_data(NONCE, PUBLIC, CONFIG)
+    (tmp_path / "attestation_type").write_text("epid")
+    with pytest.raises(ConfigError, match="dcap"):
+        GramineAttester(tmp_path)
+
+
+def test_auto_never_falls_back_to_simulation(tmp_path, monkeypatch):
+    from twofold.enclave import hw_attesters
+
+    missing = tmp_path / "none"
+    assert attester_for("simulation", missing, missing) is None  # simulation only when asked for
+    with pytest.raises(ConfigError, match="--backend simulation"):
+        attester_for("auto", missing, missing)
+    root, _ = _tsm(tmp_path)
+    prepared = hw_attesters.TsmAttester
+    monkeypatch.setattr(hw_attesters, "TsmAttester", lambda r: prepared(r, entry="prepared"))  # serve the fake
+    assert attester_for("auto", root, missing).backend == "sev-snp"
+    with pytest.raises(ConfigError, match="provides sev-snp, not tdx"):
+        attester_for("tdx", root, missing)
+
+
+def test_enclave_with_backend_auto_refuses_to_start_without_hardware(broker, tmp_path):
+    with pytest.raises(ServiceError, match="--backend simulation"):
+        start_enclave(tmp_path / "auto.sock", broker.url, broker.identity_path, log_path=tmp_path / "auto.log",
+                      extra=("--backend", "auto"))
