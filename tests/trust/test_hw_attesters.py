@@ -74,3 +74,65 @@ def test_enclave_with_backend_auto_refuses_to_start_without_hardware(broker, tmp
     with pytest.raises(ServiceError, match="--backend simulation"):
         start_enclave(tmp_path / "auto.sock", broker.url, broker.identity_path, log_path=tmp_path / "auto.log",
                       extra=("--backend", "auto"))
+
+
+def test_broker_refuses_a_real_snp_report_that_answers_another_challenge(make_broker, tmp_path):
+    """End to end through the key broker's HTTP service: a genuine SEV-SNP report (from the shared samples)
+    passes AMD's chain, and is refused, with an audit entry, because it does not answer this nonce."""
+    import time
+
+    from twofold.crypto.evidence import Evidence
+    from twofold.enclave.broker_client import BrokerSession
+    from twofold.errors import AttestationError
+    from twofold.kbs.snp import parse_report
+
+    from ..kbs.test_snp import _vectors
+
+    samples = _vectors()
+    if samples is None:
+        pytest.skip("the shared attestation vectors are absent")
+    collateral = tmp_path / "collateral"
+    collateral.mkdir()
+    for name in ("ark.pem", "ask.pem"):
+        (collateral / name).symlink_to(samples / name)
+    (collateral / "vcek.der").symlink_to(samples / "vcek_milan.der")
+    report = bytes.fromhex((samples / "report_milan.hex").read_text().strip())
+    launch = parse_report(report).measurement.hex()
+    broker = make_broker(version=3, backends=["simulation", "sev-snp"],
+                         platforms={"sev-snp": {"collateral": str(collateral), "measurements": [launch]}})
+
+    def replayed(nonce, public, config):
+        return Evidence(backend="sev-snp", measurement=TCB, nonce=nonce, report_data="", timestamp=time.time(),
+                        config=config, quote=base64.b64encode(report).decode())
+
+    session = BrokerSession(broker.url, TCB, replayed, broker.identity, backend="sev-snp")
+    with pytest.raises(AttestationError, match="report_data"):
+        session.attest()
+    assert any("report_data" in d["reason"] for d in broker.denials())
+
+
+def test_gramine_manifest_trusts_python_its_libraries_and_exactly_the_tcb(keystore, tmp_path):
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    from twofold.enclave.measure import tcb_files
+
+    from ..conftest import run_cli
+
+    identity = tmp_path / "broker.json"
+    identity.write_text(keystore.broker_identity().to_json())
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "twofold.manifest.template"
+    made = run_cli("gramine", "manifest", "--out", str(out), "--socket", "/run/twofold.sock", "--kbs",
+                   "https://kbs.example:8650", "--broker-identity", str(identity), "--data", str(tmp_path / "data"))
+    assert made.returncode == 0, made.stderr
+    doc = tomllib.loads(out.read_text())
+    sgx, loader = doc["sgx"], doc["loader"]
+    assert sgx["remote_attestation"] == "dcap" and sgx["debug"] is False
+    trusted = set(sgx["trusted_files"])
+    assert {f"file:{p}" for p in tcb_files()} <= trusted and f"file:{Path(sys.executable).resolve()}" in trusted
+    assert f"file:{identity.resolve()}" in trusted  # the broker identity is measured too
+    assert sgx["allowed_files"] == [f"file:{(tmp_path / 'data').resolve()}/"]
+    argv = loader["argv"]
+    assert argv[argv.index("--backend") + 1] == "sgx" and "-I" in argv and "twofold.enclave" in argv

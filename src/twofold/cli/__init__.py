@@ -10,7 +10,7 @@ import traceback
 import click
 
 from twofold import __version__
-from twofold.cli.attest import attest
+from twofold.cli.attest import attest, gramine
 from twofold.cli.audit import audit
 from twofold.cli.bench import bench, report
 from twofold.cli.datasets import decrypt, encrypt, inspect_cmd, verify
@@ -30,8 +30,8 @@ def cli(debug: bool) -> None:
     """twofold: train and serve models on infrastructure you do not trust."""
 
 
-for command in (keys, encrypt, encrypt_tensors, inspect_cmd, verify, decrypt, tcb, kbs, audit, attest, enclave, policy,
-                train, predict, he, bench, report, demo):
+for command in (keys, encrypt, encrypt_tensors, inspect_cmd, verify, decrypt, tcb, kbs, audit, attest, gramine, enclave,
+                policy, train, predict, he, bench, report, demo):
     cli.add_command(command)
 
 

@@ -90,3 +90,28 @@ def collateral(report: Path, family: str) -> None:
     click.echo(f"curl -o crl.der '{_KDS}/{family}/crl'")
     click.echo("TDX/SGX: fetch a QuoteCollateralV3 JSON from your PCCS or Intel's PCS (e.g. with dcap-qvl's "
                "`fetch` command) and pass the file as --collateral.")
+
+
+@click.group()
+def gramine() -> None:
+    """Running the enclave under Gramine on Intel SGX."""
+
+
+@gramine.command("manifest")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--socket", "socket_path", required=True, help="The enclave's Unix socket.")
+@click.option("--kbs", "kbs_url", required=True, help="URL of the owner's key broker.")
+@click.option("--broker-identity", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--data", "data_dirs", multiple=True, required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A dataset directory the enclave reads (ciphertext; repeatable).")
+@click.option("--enclave-size", default="8G", show_default=True)
+@click.option("--max-threads", type=click.IntRange(min=8), default=64, show_default=True)
+def gramine_manifest(out: Path, socket_path: str, kbs_url: str, broker_identity: Path, data_dirs: tuple[Path, ...],
+                     enclave_size: str, max_threads: int) -> None:
+    """Write a Gramine manifest template for the enclave (trusted files: Python, its libraries, the TCB)."""
+    from twofold.cli.common import info
+    from twofold.gramine import manifest
+
+    out.write_text(manifest(socket_path, kbs_url, str(broker_identity.resolve()), [str(d) for d in data_dirs],
+                            enclave_size=enclave_size, max_threads=max_threads))
+    info(f"wrote {out}: gramine-manifest {out} > twofold.manifest && gramine-sgx-sign --manifest twofold.manifest")
