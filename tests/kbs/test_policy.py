@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from twofold.crypto.release_rules import Budget
 from twofold.errors import AttestationError, ConfigError, PolicyError
 from twofold.kbs.policy import load_policy, parse_policy
-from twofold.kbs.rules import Budget
 from twofold.kbs.verifiers import verifier_for
 
 DIGEST = "ab" * 32

@@ -35,10 +35,8 @@ def test_enclave_imports_only_crypto_errors_and_numeric_libraries():
             for name in names:
                 top = name.split(".")[0]
                 if top == "twofold":
-                    # kbs.rules: the owner's per-dataset rules, which the enclave enforces (a pure schema module)
                     assert name == "twofold" or name.startswith(("twofold.enclave", "twofold.crypto",
-                                                                  "twofold.errors", "twofold.framing",
-                                                                  "twofold.kbs.rules")), (path, name)
+                                                                  "twofold.errors", "twofold.framing")), (path, name)
                 else:
                     assert top in stdlib or top in ALLOWED_THIRD_PARTY or top == "__future__", (path, name)
 

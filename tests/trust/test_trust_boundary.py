@@ -309,9 +309,9 @@ def test_partitions_are_read_into_private_memory_never_mapped(keystore, datasets
 
     from twofold.crypto.mac import mac_context
     from twofold.crypto.pme import PmeSession
+    from twofold.crypto.release_rules import DatasetRule
     from twofold.enclave.cache import PartitionCache
     from twofold.enclave.state import EnclaveState, OpenedDataset
-    from twofold.kbs.rules import DatasetRule
 
     dataset = datasets["allowed"]
     mac_key = keystore.unwrap(dataset.manifest.wrapped_mac_key, mac_context(dataset.dataset_id))

@@ -43,8 +43,8 @@ from twofold.crypto.broker_identity import BrokerIdentity, digest_of
 from twofold.crypto.contexts import dataset_of
 from twofold.crypto.evidence import Evidence
 from twofold.crypto.hpke_seal import open_sealed_to
+from twofold.crypto.release_rules import DatasetRule
 from twofold.errors import AttestationError, ConfigError, KeyAccessError, ProtocolError, ServiceError, TwofoldError
-from twofold.kbs.rules import DatasetRule
 
 API = "/v1"
 TIMEOUT_S = 30.0  # the deadline of one operation (attest, or unwrap_many with its re-attestation), retries included

@@ -13,10 +13,10 @@ import pyarrow as pa
 from twofold.crypto.mac import mac_context
 from twofold.crypto.manifest import FileEntry, Manifest, check_identity
 from twofold.crypto.pme import PmeSession, key_material_name
+from twofold.crypto.release_rules import DatasetRule
 from twofold.enclave.broker_client import BrokerSession
 from twofold.enclave.cache import PartitionCache
 from twofold.errors import ConfigError, IntegrityError
-from twofold.kbs.rules import DatasetRule
 
 
 @dataclass

@@ -37,8 +37,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from twofold.crypto.release_rules import SEALED_ONLY, DatasetRule, names
 from twofold.errors import AttestationError, ConfigError
-from twofold.kbs.rules import SEALED_ONLY, DatasetRule, names
 
 POLICY_VERSION = 3
 READ_VERSIONS = (1, 2, 3)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from twofold.enclave.broker_client import BrokerAddress
 from twofold.errors import ConfigError, ServiceError
-from twofold.services import enclave_command
+from twofold.services import READY_PREFIX, enclave_command
 from twofold.spark.enclave_client import SILENCE_TIMEOUT_S, EnclaveClient, EnclaveSilentError, responsive
 
 START_TIMEOUT_S = 60.0  # attestation included; the start lock is held at most this long (plus a spawn)
@@ -106,9 +106,21 @@ def _spawn(config: EnclaveConfig) -> subprocess.Popen:
                                 env=env)
 
 
-def _await_listening(config: EnclaveConfig, process: subprocess.Popen, deadline: float) -> None:
-    """Wait for the started enclave; on failure or timeout it is killed (by PID) and the log named."""
-    while not _listening(config.socket):  # bounded by the deadline
+def _ready(config: EnclaveConfig, log_offset: int) -> bool:
+    """Whether the enclave started after ``log_offset`` of its log said ``ready`` (the one ready protocol of
+    :mod:`twofold.services`; its stdout is the log here, since it outlives the task that started it)."""
+    try:
+        with open(config.log_path, "rb") as log:
+            log.seek(log_offset)
+            said = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return False
+    return any(line.startswith(READY_PREFIX) for line in said) and _listening(config.socket)
+
+
+def _await_listening(config: EnclaveConfig, process: subprocess.Popen, deadline: float, log_offset: int) -> None:
+    """Wait for the started enclave's ready line; on failure or timeout it is killed (by PID) and the log named."""
+    while not _ready(config, log_offset):  # bounded by the deadline
         code = process.poll()
         if code is not None or time.monotonic() > deadline:
             if code is None:
@@ -132,9 +144,10 @@ def ensure_enclave(config: EnclaveConfig) -> None:
         _lock_within(lock, time.monotonic() + START_TIMEOUT_S + 10, config)
         if _listening(config.socket):
             return
+        log_offset = config.log_path.stat().st_size if config.log_path.exists() else 0
         process = _spawn(config)
         config.pid_path.write_text(str(process.pid))
-        _await_listening(config, process, time.monotonic() + START_TIMEOUT_S)
+        _await_listening(config, process, time.monotonic() + START_TIMEOUT_S, log_offset)
 
 
 def _exited(pid: int) -> bool:

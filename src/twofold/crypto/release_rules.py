@@ -1,6 +1,6 @@
-"""The owner's rule for one dataset: what may leave the enclave for it. Part of the release policy
-(:mod:`twofold.kbs.policy`), and the one piece of it the enclave itself enforces, so it is kept apart: pure, and
-small enough for the trusted code base."""
+"""The owner's rule for one dataset: what may leave the enclave for it. Part of the key broker's release policy
+(:mod:`twofold.kbs.policy`, which reads and writes it) and the one piece of it the enclave itself enforces, so it
+lives here with the other pure schemas the owner's tools and the enclave share (like the manifest)."""
 
 from __future__ import annotations
 
