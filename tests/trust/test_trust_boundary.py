@@ -325,3 +325,19 @@ def test_partitions_are_read_into_private_memory_never_mapped(keystore, datasets
     monkeypatch.setattr(pa, "memory_map", refuse)
     table = state.load_partition_from(dataset.dataset_id, 0, str(dataset.path))
     assert table.num_rows == dataset.manifest.files[0].rows
+
+
+def test_a_tightened_policy_holds_from_the_next_fit(ruled):
+    """The owner restarts her broker with a stricter rule: an enclave that opened the dataset before is held to
+    it from its next fit on (it asks the broker for the rule at every fit_init)."""
+    client, dataset, broker = ruled({"release": ["sealed", "statistics"]})
+    client.call("fit_init", **_terms(dataset, release="statistics"))
+    port = broker.port
+    broker.process.stop()
+    doc = json.loads(broker.policy_path.read_text())
+    doc["datasets"] = {dataset.dataset_id: {"release": ["sealed"]}}
+    broker.policy_path.write_text(json.dumps(doc))
+    broker.start(port=port)
+    with pytest.raises(PolicyError, match="release='statistics'"):
+        client.call("fit_init", **_terms(dataset, release="statistics"))
+    client.call("fit_init", **_terms(dataset))  # sealed: still allowed

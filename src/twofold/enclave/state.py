@@ -60,6 +60,16 @@ class EnclaveState:
                 self.derived.drop(manifest.dataset_id)
         return opened
 
+    def refresh_rule(self, dataset_id: str) -> OpenedDataset:
+        """Ask the key broker again for the dataset's rule (and MAC key): a fit or a prediction starts under the
+        owner's policy as the broker holds it now, not as it was when the dataset was opened."""
+        opened = self.dataset(dataset_id)
+        release = self.broker.release([(opened.manifest.wrapped_mac_key, mac_context(dataset_id))])
+        if release.keys[0] != opened.mac_key:
+            raise IntegrityError()
+        opened.rule = release.rules[dataset_id]
+        return opened
+
     def dataset(self, dataset_id: str) -> OpenedDataset:
         opened = self.datasets.get(dataset_id)
         if opened is None:

@@ -95,7 +95,8 @@ def _smallest_group(total: arrays.Arrays, num_rows: int) -> float:
 
 @ecall("fit_init", args=_FIT, result={"state": bytes})
 def fit_init(state: EnclaveState, **fit: Any) -> dict[str, Any]:
-    """The fit's initial state, sealed for iteration 0."""
+    """The fit's initial state, sealed for iteration 0 (under the dataset's rule as the key broker holds it now)."""
+    state.refresh_rule(fit["dataset_id"])
     job = _Fit(state, **fit)
     initial = {**job.algo.init_state(job.params, len(job.columns)), _MIN_GROUP: np.array([np.inf]),
                _DONE: np.zeros(1)}
