@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from twofold.crypto.evidence import Evidence, hardware_report_data, launch_binding
+from twofold.crypto.evidence import Evidence, hardware_report_data, launch_binding, replay_rtmr
 from twofold.errors import AttestationError
 from twofold.kbs import snp
 from twofold.kbs.hardware import HardwareVerifier
@@ -157,3 +157,64 @@ def test_policy_init_for_a_hardware_backend(snp_vectors, tmp_path):  # noqa: F81
         assert checked.returncode == code, checked.stderr
     assert run_cli("policy", "init", "--out", str(tmp_path / "x.json"), "--dataset", "*", "--backend",
                    "tdx").returncode != 0  # a hardware backend needs its launch measurements and collateral
+
+
+def test_rtmr_replay_is_the_tdx_extend_chain():
+    import hashlib
+
+    first, second = "11" * 48, "22" * 48
+    expected = hashlib.sha384(hashlib.sha384(bytes(48) + bytes.fromhex(first)).digest() + bytes.fromhex(second))
+    assert replay_rtmr([first, second]) == expected.hexdigest() and replay_rtmr([]) == "00" * 48
+    with pytest.raises(ValueError):
+        replay_rtmr(["abcd"])
+
+
+def _tdx_policy(tmp_path):
+    return parse_policy({"version": 3, "backends": ["tdx"], "measurements": {TCB: {"name": "t", "datasets": ["*"]}},
+                         "platforms": {"tdx": {"collateral": str(tmp_path / "collateral.json"),
+                                               "measurements": ["aa" * 48]}}})
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("mrconfigid", None),
+    ("rtmr3", None),
+    ("rtmr3 extended after twofold", "does not end with"),
+    ("rtmr3 log that does not replay", "does not replay"),
+    ("neither", "neither in MRCONFIGID nor in RTMR3"),
+])
+def test_tdx_binds_twofolds_measurement_in_mrconfigid_or_rtmr3(tmp_path, monkeypatch, how, reason):
+    """The quote's own checks are dcap-qvl's (test_dcap.py); here, the launch binding's two forms on TDX."""
+    from twofold.kbs import dcap, hardware
+
+    binding = launch_binding(TCB, CONFIG, 48).hex()
+    other = "33" * 48
+    log = {"rtmr3": (binding,), "rtmr3 extended after twofold": (binding, other),
+           "rtmr3 log that does not replay": (binding,)}.get(how, ())
+    rtmr3 = replay_rtmr(log) if how != "rtmr3 log that does not replay" else replay_rtmr((other,))
+    claims = dcap.DcapClaims("tdx", 4, "UpToDate", (), hardware_report_data("n", PUBLIC, CONFIG).hex(), False, (),
+                             mrtd="aa" * 48, rtmr3=rtmr3, mr_config_id=binding if how == "mrconfigid" else "00" * 48)
+    monkeypatch.setattr(hardware, "verify_dcap", lambda *a, **k: claims)
+    evidence = Evidence(backend="tdx", measurement=TCB, nonce="n", report_data="", timestamp=time.time(),
+                        config=CONFIG, quote=base64.b64encode(b"quote").decode(), event_log=log)
+    verifier = HardwareVerifier("tdx", _tdx_policy(tmp_path))
+    if reason is None:
+        assert verifier.verify(evidence, "n", PUBLIC).measurement == TCB
+    else:
+        with pytest.raises(AttestationError, match=reason):
+            verifier.verify(evidence, "n", PUBLIC)
+
+
+def test_broker_side_tdx_verification_of_a_real_quote_checks_its_collateral_now(snp_vectors):  # noqa: F811
+    """The broker verifies at its own clock: the sample's collateral has expired since, so a genuine TDX quote
+    is refused for that (and would be for its report_data next), never waved through."""
+    collateral = snp_vectors.parent / "dcap-collateral"
+    if not (collateral / "tdx_quote").exists():
+        pytest.skip("no DCAP samples")
+    policy = parse_policy({"version": 3, "backends": ["tdx"], "measurements": {},
+                           "platforms": {"tdx": {"collateral": str(collateral / "tdx_quote_collateral.json"),
+                                                 "measurements": ["aa" * 48]}}})
+    quote = (collateral / "tdx_quote").read_bytes()
+    evidence = Evidence(backend="tdx", measurement=TCB, nonce="n", report_data="", timestamp=time.time(),
+                        config=CONFIG, quote=base64.b64encode(quote).decode())
+    with pytest.raises(AttestationError, match=r"CRL|expired|TCB"):
+        HardwareVerifier("tdx", policy).verify(evidence, "n", PUBLIC)

@@ -136,3 +136,19 @@ def test_gramine_manifest_trusts_python_its_libraries_and_exactly_the_tcb(keysto
     assert sgx["allowed_files"] == [f"file:{(tmp_path / 'data').resolve()}/"]
     argv = loader["argv"]
     assert argv[argv.index("--backend") + 1] == "sgx" and "-I" in argv and "twofold.enclave" in argv
+
+
+def test_tdx_attester_extends_rtmr3_once_with_the_launch_binding(tmp_path):
+    from twofold.crypto.evidence import launch_binding
+
+    root, _ = _tsm(tmp_path, provider="tdx_guest")
+    rtmr3 = tmp_path / "rtmr3:sha384"  # laid out like Linux's tsm-mr file (a real kernel extends on write)
+    rtmr3.write_bytes(bytes(48))
+    attester = TsmAttester(root, entry="prepared", rtmr3=rtmr3)
+    first = attester.evidence(TCB, NONCE, PUBLIC, CONFIG)
+    binding = launch_binding(TCB, CONFIG, 48)
+    assert first.event_log == (binding.hex(),) and rtmr3.read_bytes() == binding
+    assert attester.evidence(TCB, "nonce-2", PUBLIC, CONFIG).event_log == first.event_log  # extended once
+    used = tmp_path / "used"
+    used.write_bytes(b"\x01" * 48)  # RTMR3 already holds something else: rely on MRCONFIGID instead
+    assert TsmAttester(root, entry="prepared", rtmr3=used).evidence(TCB, NONCE, PUBLIC, CONFIG).event_log == ()

@@ -45,6 +45,18 @@ def launch_binding(measurement: str, config: str, size: int = 32) -> bytes:
     return (sha256(body) if size == 32 else sha384(body)).digest()
 
 
+def replay_rtmr(events: tuple[str, ...] | list[str]) -> str:
+    """The RTMR value that extending a zeroed register with ``events`` (hex SHA-384 digests) in order gives:
+    RTMR := SHA-384(RTMR || event), as TDX extends it."""
+    register = bytes(48)
+    for event in events:
+        digest = bytes.fromhex(event)
+        if len(digest) != 48:
+            raise ValueError("an RTMR event is a 48-byte SHA-384 digest")
+        register = sha384(register + digest).digest()
+    return register.hex()
+
+
 @dataclass(frozen=True)
 class Evidence:
     """Claims of one attestation, plus the platform's signature over their canonical form."""
@@ -58,6 +70,7 @@ class Evidence:
     platform_key: str = ""  # base64 raw Ed25519 public key (simulation backend)
     signature: str = ""  # base64 Ed25519 signature (simulation backend)
     quote: str = ""  # base64 hardware evidence: an SEV-SNP report, a TDX or SGX quote
+    event_log: tuple[str, ...] = ()  # TDX: the hex SHA-384 digests extended into RTMR3, in order
     version: int = EVIDENCE_VERSION
 
     def claims(self) -> bytes:
@@ -78,6 +91,7 @@ class Evidence:
                 config=str(data.get("config", "")),
                 platform_key=str(data.get("platform_key", "")), signature=str(data.get("signature", "")),
                 quote=str(data.get("quote", "")),
+                event_log=tuple(str(e) for e in data.get("event_log", ()) or ()),
                 version=int(data.get("version", 0)),
             )
         except (KeyError, TypeError, ValueError):

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import secrets
 import time
 from pathlib import Path
 
-from twofold.crypto.evidence import Evidence, hardware_report_data
+from twofold.crypto.evidence import Evidence, hardware_report_data, launch_binding
 from twofold.errors import AttestationError, ConfigError
 
 TSM_ROOT = Path("/sys/kernel/config/tsm/report")
+TDX_RTMR3 = Path("/sys/class/misc/tdx_guest/measurements/rtmr3:sha384")  # Linux 6.16+: write a digest to extend
 GRAMINE_ROOT = Path("/dev/attestation")
 _PROVIDERS = {"sev_guest": "sev-snp", "tdx_guest": "tdx"}  # configfs-tsm provider -> twofold backend
 
@@ -36,9 +38,10 @@ class TsmAttester:
     platform prepared, or a test's directory laid out like configfs-tsm) instead of making and removing one.
     """
 
-    def __init__(self, root: Path = TSM_ROOT, entry: str | None = None) -> None:
-        self.root, self._entry = Path(root), entry
+    def __init__(self, root: Path = TSM_ROOT, entry: str | None = None, rtmr3: Path = TDX_RTMR3) -> None:
+        self.root, self._entry, self._rtmr3 = Path(root), entry, Path(rtmr3)
         self.backend = self._provider_backend()
+        self._event_log: tuple[str, ...] | None = None
 
     def _provider_backend(self) -> str:
         try:
@@ -53,8 +56,22 @@ class TsmAttester:
     def _report_entry(self):
         return _Entry(self.root, self._entry)
 
+    def _bind_rtmr3(self, measurement: str, config: str) -> tuple[str, ...]:
+        """On TDX, extend RTMR3 once with the launch binding (if the kernel offers RTMR extension and RTMR3 is
+        still fresh); the event log the verifier replays, or () to rely on MRCONFIGID."""
+        if self._event_log is not None:
+            return self._event_log
+        self._event_log = ()
+        if self.backend == "tdx" and self._rtmr3.exists():
+            binding = launch_binding(measurement, config, 48)
+            if self._rtmr3.read_bytes()[:48] == bytes(48):
+                self._rtmr3.write_bytes(binding)
+                self._event_log = (binding.hex(),)
+        return self._event_log
+
     def evidence(self, measurement: str, nonce: str, public_key_raw: bytes, config: str) -> Evidence:
         report_data = hardware_report_data(nonce, public_key_raw, config)
+        events = self._bind_rtmr3(measurement, config)
         with self._report_entry() as entry:
             (entry / "inblob").write_bytes(report_data)
             written = (entry / "generation").read_text().strip()
@@ -63,7 +80,8 @@ class TsmAttester:
                 raise AttestationError("the configfs-tsm report entry was written by another process meanwhile")
         if not quote:
             raise AttestationError("configfs-tsm returned an empty report")
-        return _evidence(self.backend, measurement, nonce, config, report_data, quote)
+        return dataclasses.replace(_evidence(self.backend, measurement, nonce, config, report_data, quote),
+                                   event_log=events)
 
 
 class _Entry:
