@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # torch is optional; this pin matches the CPU build that these machines keep on disk.
 TORCH  ?= torch==2.13.0
+OPACUS ?= opacus>=1.6
 
 .PHONY: demo test lint bench report java venv install install-dev install-torch clean
 
@@ -49,7 +50,7 @@ $(VENV)/.installed: $(PY) pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -q -e '.[dev,tee]'
-	-$(PIP) install -q '$(TORCH)' || echo "note: torch not installed; the PyTorch path and its tests will be skipped"
+	-$(PIP) install -q '$(TORCH)' '$(OPACUS)' || echo "note: torch not installed; the PyTorch path and its tests will be skipped"
 	touch $@
 
 install: $(VENV)/.installed

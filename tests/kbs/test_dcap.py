@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from twofold.errors import AttestationError
@@ -207,8 +207,12 @@ def test_truncated_quotes_are_refused(vectors, qvl, name):
 def test_any_flipped_bit_in_the_signed_part_is_refused(vectors, qvl, position, bit):
     quote, collateral = _case(vectors, "tdx_quote")
     signed_end = _sig_offset(quote) + 64  # header, body and the signature itself
+    offset = int(position * signed_end)
+    # The 4-byte auth data length just before the signature is framing, not signed: dcap-qvl reads the auth data
+    # from its own structure and ignores trailing bytes (real quotes carry some), so a flip there changes nothing.
+    assume(not _sig_offset(quote) - 4 <= offset < _sig_offset(quote))
     with pytest.raises(AttestationError):
-        verify_dcap(_flip(quote, int(position * signed_end), bit), collateral, at=PINNED)
+        verify_dcap(_flip(quote, offset, bit), collateral, at=PINNED)
 
 
 def _tampered(collateral: Path, key: str, edit) -> dict:

@@ -28,7 +28,10 @@ from pyspark.sql import functions as F
 from twofold.spark.session import get_spark
 
 whole, local_dir, marker = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
-spark = get_spark("local[1]", "hygiene", whole_mode=whole, **{"spark.local.dir": local_dir})
+spark = get_spark("local[1]", "hygiene", whole_mode=whole, **{"spark.local.dir": local_dir,
+                                                            # rows as written, and kept until we look
+                                                            "spark.shuffle.compress": "false",
+                                                            "spark.cleaner.referenceTracking": "false"})
 sc = spark.sparkContext
 name = "TWOFOLD_PASSPHRASE"
 worker = sc.parallelize([0], 1).map(lambda _: os.environ.get(name)).collect()[0]
