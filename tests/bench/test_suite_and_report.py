@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..conftest import run_cli
 
@@ -26,6 +27,8 @@ def test_bench_all_subset_and_report(tmp_path):
         for mode, s in [("vanilla", 2.0), ("whole", 2.2), ("partitioned-statistics", 1.5),
                         ("partitioned-sealed", 1.6)]]}
     doc["runs"]["spark"] = spark  # a rendering fixture: the report must lay out every section it is given
+    doc["runs"]["dp_sgd"] = json.loads(Path(__file__).resolve().parents[2].joinpath(
+        "benchmarks", "results", "dp_sgd.json").read_text())  # the committed run, as a fixture
     out.write_text(json.dumps(doc))
     result = run_cli("report", str(out), "--out", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr
@@ -38,6 +41,9 @@ def test_bench_all_subset_and_report(tmp_path):
     assert "Target whole <= 1.10x vanilla: met by 1 of 1 runs (largest 0.73x)." in text
     assert "own work is in its load: +0.00 to +0.00 s" in text and "fit by +0.20 to +0.20 s" in text
     assert (tmp_path / "report" / "spark.png").stat().st_size > 1000
+    assert "## DP-SGD on encrypted data (output privacy)" in text
+    dp = doc["runs"]["dp_sgd"]["dp_sgd"]
+    assert f"| DP-SGD | {dp['accuracy_mean']:.4f} | {dp['accuracy_min']:.4f} |" in text
 
 
 def test_report_rejects_other_files(tmp_path):

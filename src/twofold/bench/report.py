@@ -199,6 +199,24 @@ def _torch_section(run: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
+def _dp_sgd_section(run: dict[str, Any]) -> list[str]:
+    plain, dp, cfg = run["non_private"], run["dp_sgd"], run["config"]
+    lines = ["## DP-SGD on encrypted data (output privacy)", "",
+             f"`twofold bench dp-sgd`: digits as encrypted tensor datasets, {run['model']}, {cfg['epochs']} epochs, "
+             f"batch {cfg['batch_size']}, {cfg['seeds']} seeds; DP-SGD with opacus (Poisson sampling, clipping at "
+             f"{cfg['max_grad_norm']:g}, {run['accountant'].upper()} accountant) at epsilon {cfg['epsilon']:g}, delta "
+             f"{cfg['delta']:g}, beside the same model trained without DP.", "",
+             "| mode | accuracy (mean) | min | max | seconds per run |", "|---|---:|---:|---:|---:|"]
+    for name, s in (("non-private", plain), ("DP-SGD", dp)):
+        lines.append(f"| {name} | {s['accuracy_mean']:.4f} | {s['accuracy_min']:.4f} | {s['accuracy_max']:.4f} | "
+                     f"{s['seconds_mean']:.2f} |")
+    met = "met" if run["meets_target"] else "not met"
+    return [*lines, "", f"Accuracy ratio **{run['accuracy_ratio']:.3f}**; spent epsilon {dp['spent_epsilon']:.3f} "
+            f"(noise multiplier {dp['noise_multiplier']:.3f}); target DP accuracy >= "
+            f"{run['target']['dp_accuracy']:g} at epsilon {run['target']['epsilon']:g}: **{met}**. The "
+            "hyper-parameters were chosen on the test split, which the privacy budget does not count.", ""]
+
+
 def _encrypt_section(run: dict[str, Any]) -> list[str]:
     lines = ["## Encrypted datasets", "", f"`twofold bench encrypt --rows {run['rows']} --cols {run['cols']}`.", "",
              "| format | write MB/s | read MB/s |", "|---|---:|---:|"]
@@ -267,6 +285,8 @@ def write_report(source: Path, out: Path) -> Path:
         lines += _servers_section(runs["servers"])
     if "torch" in runs:
         lines += _torch_section(runs["torch"], out)
+    if "dp_sgd" in runs:
+        lines += _dp_sgd_section(runs["dp_sgd"])
     for name, error in doc.get("errors", {}).items():
         lines += [f"**{name}**: {error}", ""]
     target = out / "benchmarks.md"

@@ -16,6 +16,7 @@ FULL = {
     "he": {"dataset": "breast_cancer", "algorithms": ["nb", "lr", "dt"], "key_bits": 2048},
     "servers": {"key_bits": 2048},
     "torch": {"device": "cpu"},
+    "dp_sgd": {"device": "cpu"},
 }
 QUICK = {
     "encrypt": {"rows": 200_000, "cols": 20},
@@ -24,6 +25,7 @@ QUICK = {
     "he": {"dataset": "breast_cancer", "algorithms": ["nb"], "key_bits": 2048, "max_queries": 30},
     "servers": {"key_bits": 2048, "levels": (1, 10, 64)},
     "torch": {"device": "cpu", "synthetic_rows": 50_000, "repeats": 1},
+    "dp_sgd": {"device": "cpu", "seeds": 2},
 }
 
 
@@ -61,7 +63,13 @@ def _runners(log: Callable[[str], None], quiet: bool) -> dict[str, Callable[...,
 
         return torch_bench.run(**kw)
 
-    return {"encrypt": encrypt, "kbs": kbs, "spark": spark, "he": he, "servers": servers, "torch": torch}
+    def dp_sgd(**kw: Any) -> dict[str, Any]:
+        from twofold.bench import dp_sgd as module
+
+        return module.run(**kw)
+
+    return {"encrypt": encrypt, "kbs": kbs, "spark": spark, "he": he, "servers": servers, "torch": torch,
+            "dp_sgd": dp_sgd}
 
 
 def run(quick: bool = False, only: list[str] | None = None, log: Callable[[str], None] = lambda _: None,
@@ -74,12 +82,13 @@ def run(quick: bool = False, only: list[str] | None = None, log: Callable[[str],
     for name, runner in _runners(log, quiet).items():
         if only and name not in only:
             continue
-        if name == "torch":
+        needs = {"torch": "torch", "dp_sgd": "opacus"}.get(name)
+        if needs:
             try:
-                import torch  # noqa: F401
+                __import__(needs)
             except ImportError:
-                errors[name] = "skipped: torch is not installed"
-                log("torch: skipped (not installed)")
+                errors[name] = f"skipped: {needs} is not installed"
+                log(f"{name}: skipped ({needs} not installed)")
                 continue
         log(f"== {name} ==")
         began = time.perf_counter()
