@@ -122,7 +122,7 @@ def _with_services(root: Path, state: dict[str, Any], narrator: Narrator, he_key
         datasets += [state["tensors"]["train_id"], state["tensors"]["test_id"]]
     began = time.perf_counter()
     with job_services(datasets, mode="partitioned", release="sealed", keystore_dir=state["store"].directory,
-                      passphrase=DEMO_PASSPHRASE, extra_measurements=extra) as services:
+                      passphrase=DEMO_PASSPHRASE, keystore=state["store"], extra_measurements=extra) as services:
         state["services"] = services
         narrator.step("Key broker and enclave started", lambda: (
             f"in {time.perf_counter() - began:.1f} s: key broker {services.kbs_url} (owner side; policy: this "

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from twofold.enclave.measure import PACKAGE_ROOT, tcb_files
 from twofold.errors import ConfigError
-
-_NO_PYCACHE = "pycache_prefix=/dev/null/twofold-no-pycache"
+from twofold.services import ENCLAVE_ENTRY, ENCLAVE_ENV
 
 
 def _toml(value: object) -> str:
@@ -38,12 +37,10 @@ def manifest(socket: str, kbs_url: str, broker_identity: str, data_dirs: list[st
     settings = {
         "libos.entrypoint": str(python),
         "loader.entrypoint.uri": "file:{{ gramine.libos }}",
-        "loader.argv": [str(python), "-I", "-B", "-X", _NO_PYCACHE, "-m", "twofold.enclave", "serve", "--backend",
-                        "sgx", "--socket", socket, "--kbs", kbs_url, "--broker-identity", broker_identity,
-                        "--cache-mib", str(cache_mib)],
+        "loader.argv": [str(python), *ENCLAVE_ENTRY, "--backend", "sgx", "--socket", socket, "--kbs", kbs_url,
+                        "--broker-identity", broker_identity, "--cache-mib", str(cache_mib)],
         "loader.env.LANG": "C.UTF-8",
-        "loader.env.OMP_NUM_THREADS": "1",
-        "loader.env.OPENBLAS_NUM_THREADS": "1",
+        **{f"loader.env.{name}": value for name, value in ENCLAVE_ENV.items()},
         "sgx.remote_attestation": "dcap",
         "sgx.debug": False,
         "sgx.enclave_size": enclave_size,

@@ -114,8 +114,9 @@ ENCLAVE_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THR
 # What an enclave inherits from its starter: where the simulated platform key lives; nothing else (no PYTHONPATH,
 # proxies, SSL_CERT_FILE, passphrase).
 _ENCLAVE_INHERITS = ("TWOFOLD_HOME", "HOME")
-# Bytecode is neither written nor read: a cache directory that cannot exist (a path below /dev/null).
-_NO_PYCACHE = "pycache_prefix=/dev/null/twofold-no-pycache"
+# The enclave's interpreter flags and entry point: isolated (-I), and bytecode neither written (-B) nor read (a
+# cache directory that cannot exist, below /dev/null). The Gramine manifest (twofold.gramine) runs the same.
+ENCLAVE_ENTRY = ("-I", "-B", "-X", "pycache_prefix=/dev/null/twofold-no-pycache", "-m", "twofold.enclave", "serve")
 
 
 def enclave_command(socket_path: Path | str, kbs_url: str, broker_identity: Path | str, *, cache_mib: int = 1024,
@@ -126,9 +127,8 @@ def enclave_command(socket_path: Path | str, kbs_url: str, broker_identity: Path
     ``env`` adds variables (fault tests, platform-key location)."""
     inherited = {name: os.environ[name] for name in _ENCLAVE_INHERITS if name in os.environ}
     environment = {"PATH": os.defpath, "LANG": "C.UTF-8", **inherited, **ENCLAVE_ENV, **(env or {})}
-    command = [sys.executable, "-I", "-B", "-X", _NO_PYCACHE, "-m", "twofold.enclave", "serve",
-               "--socket", str(socket_path), "--kbs", kbs_url, "--broker-identity", str(broker_identity),
-               "--cache-mib", str(cache_mib), "--backend", backend, *extra]
+    command = [sys.executable, *ENCLAVE_ENTRY, "--socket", str(socket_path), "--kbs", kbs_url,
+               "--broker-identity", str(broker_identity), "--cache-mib", str(cache_mib), "--backend", backend, *extra]
     return command, environment
 
 

@@ -71,10 +71,10 @@ def train(dataset: Path, out: Path, algorithm: str, mode: str, release: str, key
     params = _params(algorithm, options)
     if keystore_dir is None and kbs_url is None:
         raise ConfigError("pass --keystore (embedded key broker) or --kbs URL")
-    _, passphrase = _owner(keystore_dir) if kbs_url is None else (None, None)
+    owner, passphrase = _owner(keystore_dir) if kbs_url is None else (None, None)
     started = time.perf_counter()
     with job_services([str(dataset)], mode=mode, release=release if mode == "partitioned" else None,
-                      keystore_dir=keystore_dir, passphrase=passphrase, kbs_url=kbs_url,
+                      keystore_dir=keystore_dir, passphrase=passphrase, keystore=owner, kbs_url=kbs_url,
                       broker_identity=broker_identity) as services:
         info(f"enclave: SIMULATION backend; key broker {services.kbs_url}")
         spark = get_spark(master, quiet=not debug_requested(), whole_mode=mode == "whole")
@@ -112,7 +112,7 @@ def predict(model_path: Path, dataset: Path, out: Path, keystore_dir: Path, kbs_
         raise ConfigError(f"output {out} already exists; choose a new directory")
     needed = [str(dataset), model.dataset_id]
     with job_services(needed, mode=model.mode, release="sealed", keystore_dir=keystore_dir, passphrase=passphrase,
-                      kbs_url=kbs_url, broker_identity=broker_identity) as services:
+                      keystore=owner, kbs_url=kbs_url, broker_identity=broker_identity) as services:
         spark = get_spark(master, quiet=not debug_requested(), whole_mode=model.mode == "whole")
         with progress_bar("predicting", None, "partitions"):
             table = jobs.predict(spark, model, dataset, services.enclave, owner)

@@ -35,8 +35,8 @@ class JobServices:
 
 @contextlib.contextmanager
 def job_services(datasets: Sequence[str], *, mode: str = "partitioned", release: str | None = None,
-                 keystore_dir: Path | None = None, passphrase: str | None = None, kbs_url: str | None = None,
-                 broker_identity: Path | None = None, cache_mib: int = 4096,
+                 keystore_dir: Path | None = None, passphrase: str | None = None, keystore: Keystore | None = None,
+                 kbs_url: str | None = None, broker_identity: Path | None = None, cache_mib: int = 4096,
                  extra_measurements: Sequence[str] = ()) -> Iterator[JobServices]:
     """Start (or reach) a key broker and this host's enclave for a job over ``datasets`` in ``mode``.
 
@@ -44,7 +44,8 @@ def job_services(datasets: Sequence[str], *, mode: str = "partitioned", release:
     (``broker_identity``); otherwise one is embedded on loopback from the owner's keystore, with a policy that
     lets only the code of ``mode`` (the partitioned TCB, or whole mode's executor code; ``both`` for a session
     that runs both) open the datasets, and only the ``release`` of the job leave the enclave (``sealed`` or
-    ``statistics``; None: both, for a session that runs either).
+    ``statistics``; None: both, for a session that runs either). ``keystore``: the owner's keystore if the
+    caller has unlocked it already (it names the broker's identity without a second passphrase derivation).
     """
     if mode not in ("partitioned", "whole", "both"):
         raise ConfigError("mode must be 'partitioned', 'whole' or 'both'")
@@ -59,7 +60,7 @@ def job_services(datasets: Sequence[str], *, mode: str = "partitioned", release:
             allowed = ",".join([*resolve_measurements(measurements), *extra_measurements])
             releases = [release] if release else ["sealed", "statistics"]
             write_policy(root / "policy.json", list(datasets), allowed, release=releases)
-            identity = Keystore.open(keystore_dir, passphrase).broker_identity()
+            identity = (keystore or Keystore.open(keystore_dir, passphrase)).broker_identity()
             kbs = start_kbs(keystore_dir, root / "policy.json", root / "kbs-audit.jsonl",
                             env={PASSPHRASE_ENV: passphrase}, log_path=root / "kbs.log")
             kbs_url = kbs.address
