@@ -493,3 +493,9 @@ def test_crl_reader_only_raises_attestation_error(amd, data):
         crl[data.draw(st.integers(0, len(crl) - 1))] = data.draw(st.integers(0, 255))
     with contextlib.suppress(AttestationError):
         amd.verify(build_report(amd.vcek_key), amd.collateral(crl=bytes(crl)))
+
+
+def test_amds_roots_are_pinned_for_milan_genoa_and_turin():
+    assert set(PINNED_ARK_SHA256) == {"Milan", "Genoa", "Turin"}
+    assert len(set(PINNED_ARK_SHA256.values())) == 3
+    assert all(len(bytes.fromhex(pin)) == 32 for pin in PINNED_ARK_SHA256.values())

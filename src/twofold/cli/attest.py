@@ -1,4 +1,4 @@
-"""``twofold attest verify | collateral``: hardware evidence, verified on the owner's side (no TEE needed here)."""
+"""``twofold attest verify | collateral | measure``: hardware evidence, checked on the owner's side (no TEE needed)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,35 @@ def collateral(report: Path, family: str) -> None:
     click.echo(f"curl -o crl.der '{_KDS}/{family}/crl'")
     click.echo("TDX/SGX: fetch a QuoteCollateralV3 JSON from your PCCS or Intel's PCS (e.g. with dcap-qvl's "
                "`fetch` command) and pass the file as --collateral.")
+
+
+@attest.command("measure")
+@click.option("--ovmf", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The VM's firmware (an OVMF build with SEV-SNP metadata, e.g. OvmfPkg/AmdSev).")
+@click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--vcpu-type", default="EPYC-v4", show_default=True,
+              help="QEMU's -cpu model (its CPUID signature is measured); 'none' for the VMM's own (ec2, gce).")
+@click.option("--kernel", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Measured direct boot: the kernel QEMU loads with -kernel.")
+@click.option("--initrd", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--append", default="", help="The kernel command line (-append), e.g. with the dm-verity root hash.")
+@click.option("--guest-features", type=str, default="0x1", show_default=True, help="SEV_FEATURES of the guest.")
+@click.option("--vmm", type=click.Choice(["QEMU", "ec2", "gce"]), default="QEMU", show_default=True)
+@click.option("--ovmf-hash", default=None, help="A precomputed firmware hash (96 hex digits), as some clouds publish.")
+def measure(ovmf: Path, vcpus: int, vcpu_type: str, kernel: Path | None, initrd: Path | None, append: str,
+            guest_features: str, vmm: str, ovmf_hash: str | None) -> None:
+    """Print the SEV-SNP launch measurement a VM started from these files gives (computed by sev-snp-measure);
+    list it with `twofold policy init --backend sev-snp --platform-measurement HEX`."""
+    from twofold.kbs.snp_measure import GuestLaunch, launch_measurement
+
+    try:
+        features = int(guest_features, 0)
+    except ValueError:
+        raise ConfigError(f"--guest-features {guest_features!r} is not an integer") from None
+    launch = GuestLaunch(ovmf=ovmf, vcpus=vcpus, vcpu_type=None if vcpu_type == "none" else vcpu_type,
+                         kernel=kernel, initrd=initrd, append=append, guest_features=features, vmm=vmm,
+                         ovmf_hash=ovmf_hash)
+    click.echo(launch_measurement(launch))
 
 
 @click.group()

@@ -310,8 +310,8 @@ def verify_snp(raw: bytes, collateral: SnpCollateral, *, at: datetime | None = N
     ``policy`` (default: :class:`SnpPolicy()`, which refuses debug guests). Raises :class:`AttestationError`.
 
     ``at`` (timezone-aware) is the time certificates and CRL are checked at; default now. ``trusted_arks`` maps a
-    CPU family to an ARK's DER SHA-256 and defaults to :data:`PINNED_ARK_SHA256` (Milan, Turin; no Genoa ARK is
-    pinned yet). It exists so tests can anchor chains of their own: production code leaves it out.
+    CPU family to an ARK's DER SHA-256 and defaults to :data:`PINNED_ARK_SHA256` (Milan, Genoa, Turin).
+    It exists so tests can anchor chains of their own: production code leaves it out.
     """
     report = parse_report(raw)
     moment = datetime.now(UTC) if at is None else at

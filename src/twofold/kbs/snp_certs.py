@@ -29,10 +29,12 @@ Signer = Literal["vcek", "vlek"]
 
 #: SHA-256 of the DER of AMD's public root keys (ARK), per CPU family. Milan: ``ark.pem`` of the shared
 #: attestation vectors (virtee/sev ``src/certs/snp/builtin/milan/ark.pem``); Turin: the self-signed ARK-Turin in
-#: ``cert_chain_turin`` (virtee/sev ``tests/certs_data``). Genoa is left out: no Genoa ARK was available to
-#: fingerprint, so Genoa evidence is refused until its ARK is pinned here.
+#: ``cert_chain_turin`` (virtee/sev ``tests/certs_data``); Genoa: the self-signed ARK-Genoa that AMD's KDS serves
+#: in ``/vcek/v1/Genoa/cert_chain`` (as published in google/go-sev-guest ``verify/trust``; its RSA-PSS
+#: self-signature checks). An operator can re-derive each pin: ``twofold attest collateral --help``.
 PINNED_ARK_SHA256: Mapping[str, str] = MappingProxyType({
     "Milan": "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+    "Genoa": "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
     "Turin": "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
 })
 
